@@ -1,0 +1,3 @@
+from wtfs.cli import main
+
+main()

@@ -1,0 +1,497 @@
+"""The persistent index of the private store, shared by every wtfs process using it.
+
+SQLite in WAL mode: many readers, one writer at a time, safe across processes. Every state change
+is one `BEGIN IMMEDIATE` transaction, so capacity checks and lock checks cannot race between
+daemons. Ordering rules that make crashes harmless:
+- data bytes are written to the store file *before* their range is committed here;
+- an entry is deleted here *before* its file is unlinked (a crash leaves an orphan file for the
+  start-up sweep, never a row pointing at a missing file);
+- claims (in-flight fetch reservations) and locks belong to an owner (pid + start time); rows of
+  dead owners are reclaimed at start-up, on every GC pass and before ENOSPC is returned.
+
+This module is synchronous; async callers hop to a thread (see `manager.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from wtfs.cache.owner import Owner, is_alive
+from wtfs.cache.ranges import Ranges
+
+SCHEMA_VERSION = 1
+CLAIM_LEASE = 60.0  # seconds; renewed by the owner's heartbeat while it fetches
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    item_id TEXT NOT NULL,
+    file_name TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    checksum TEXT,
+    source TEXT NOT NULL,
+    path TEXT NOT NULL DEFAULT '',
+    ranges TEXT NOT NULL DEFAULT '[]',
+    present INTEGER NOT NULL DEFAULT 0,
+    complete INTEGER NOT NULL DEFAULT 0,
+    atime REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_atime ON entries(atime);
+CREATE INDEX IF NOT EXISTS entries_item ON entries(item_id);
+CREATE TABLE IF NOT EXISTS owners (
+    owner_id TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    mountpoint TEXT,
+    session_id TEXT,
+    session_origin TEXT,
+    started REAL NOT NULL,
+    heartbeat REAL NOT NULL,
+    stats TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS locks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    owner_id TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER NOT NULL,
+    mountpoint TEXT,
+    path TEXT,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS locks_item ON locks(item_id);
+CREATE TABLE IF NOT EXISTS claims (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    owner_id TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS claims_key ON claims(key);
+CREATE TABLE IF NOT EXISTS transfers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    owner_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    start_offset INTEGER NOT NULL DEFAULT 0,
+    transferred INTEGER NOT NULL DEFAULT 0,
+    start_time REAL,
+    end_time REAL,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    retry_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS transfers_status ON transfers(status);
+CREATE TABLE IF NOT EXISTS evictions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    time REAL NOT NULL,
+    reason TEXT NOT NULL,
+    by_owner TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT,
+    cause TEXT NOT NULL,
+    owner_id TEXT NOT NULL
+);
+"""
+
+
+class TransferStatus(IntEnum):
+    """Seed 001's codes, exactly."""
+
+    INITIALIZING = 0
+    QUEUED = 1
+    TRANSFERRING = 2
+    DONE = 3
+    FAILED = 4
+
+
+@dataclass(frozen=True)
+class EntryRow:
+    key: str
+    item_id: str
+    file_name: str
+    size: int
+    checksum: str | None
+    source: str
+    path: str
+    ranges: Ranges
+    present: int
+    complete: bool
+    atime: float
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Outcome of `reserve`: a claim id, or why not."""
+
+    claim_id: int | None = None
+    ranges: Ranges | None = None  # the entry's ranges as committed now
+    busy: bool = False  # another live owner is fetching an overlapping span
+    no_room: bool = False
+    usage: int = 0
+
+
+@dataclass(frozen=True)
+class Evicted:
+    key: str
+    item_id: str
+    file_name: str
+    bytes: int
+    path: str = ""
+
+
+class Index:
+    def __init__(self, path: Path, *, timeout: float = 30.0) -> None:
+        self.path = path
+        # check_same_thread=False: async callers run us on worker threads, one at a time.
+        self._db = sqlite3.connect(str(path), timeout=timeout, isolation_level=None,
+                                   check_same_thread=False)  # fmt: skip
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a process crash; only an OS crash can lose the
+        # last transactions, and then the start-up check makes files and index agree again.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self.transaction() as db:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        return self._db.execute(sql, tuple(params)).fetchall()
+
+    # -- owners -------------------------------------------------------------------------------
+
+    def register_owner(self, owner: Owner, kind: str, *, mountpoint: str | None = None,
+                       session_id: str | None = None, session_origin: str | None = None) -> None:  # fmt: skip
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO owners (owner_id, pid, pid_start, host, kind, mountpoint,"
+                " session_id, session_origin, started, heartbeat) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (owner.owner_id, owner.pid, owner.pid_start, owner.host, kind, mountpoint,
+                 session_id, session_origin, now, now),
+            )  # fmt: skip
+
+    def unregister_owner(self, owner_id: str) -> None:
+        """A clean exit: drop the owner's locks and claims with it."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM locks WHERE owner_id = ?", (owner_id,))
+            db.execute("DELETE FROM claims WHERE owner_id = ?", (owner_id,))
+            row = db.execute("SELECT stats FROM owners WHERE owner_id = ?", (owner_id,)).fetchone()
+            if row is not None:  # keep its counters in the store-wide totals
+                totals = json.loads((db.execute("SELECT v FROM meta WHERE k = 'totals'").fetchone()
+                                     or ["{}"])[0])  # fmt: skip
+                for key, value in json.loads(row["stats"]).items():
+                    totals[key] = totals.get(key, 0) + value
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('totals', ?)", (json.dumps(totals),))
+            db.execute("DELETE FROM owners WHERE owner_id = ?", (owner_id,))
+
+    def heartbeat(self, owner: Owner, stats: Mapping[str, int], atimes: Mapping[str, float]) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("UPDATE owners SET heartbeat = ?, stats = ? WHERE owner_id = ?",
+                       (now, json.dumps(dict(stats)), owner.owner_id))  # fmt: skip
+            db.execute("UPDATE claims SET expires = ? WHERE owner_id = ?",
+                       (now + CLAIM_LEASE, owner.owner_id))  # fmt: skip
+            db.executemany("UPDATE entries SET atime = MAX(atime, ?) WHERE key = ?",
+                           [(t, k) for k, t in atimes.items()])  # fmt: skip
+
+    def reclaim_dead(self) -> dict[str, int]:
+        """Delete locks, claims and owner rows whose process is gone. Returns counts."""
+        now = time.time()
+        counts = {"locks": 0, "claims": 0, "owners": 0}
+        with self.transaction() as db:
+            for table in ("locks", "claims", "owners"):
+                rows = db.execute(f"SELECT rowid, pid, pid_start FROM {table}").fetchall()
+                dead = [(r[0],) for r in rows if not is_alive(r["pid"], r["pid_start"])]
+                db.executemany(f"DELETE FROM {table} WHERE rowid = ?", dead)
+                counts[table] = len(dead)
+            expired = db.execute("DELETE FROM claims WHERE expires < ?", (now,)).rowcount
+            counts["claims"] += expired
+            # Transfers left TRANSFERRING/QUEUED by a dead owner will never finish.
+            live = {r[0] for r in db.execute("SELECT owner_id FROM owners")}
+            stuck = db.execute("SELECT id, owner_id FROM transfers WHERE status IN (0, 1, 2)").fetchall()
+            orphaned = [(now, r["id"]) for r in stuck if r["owner_id"] not in live]
+            db.executemany(
+                "UPDATE transfers SET status = 4, end_time = ?, "
+                "error = 'interrupted: the wtfs process fetching it died' WHERE id = ?",
+                orphaned,
+            )
+            counts["transfers"] = len(orphaned)
+        return counts
+
+    # -- locks --------------------------------------------------------------------------------
+
+    def acquire_lock(self, item_id: str, session_id: str, owner: Owner, *,
+                     mountpoint: str | None = None, path: str | None = None) -> int:  # fmt: skip
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO locks (item_id, session_id, owner_id, pid, pid_start, mountpoint,"
+                " path, created) VALUES (?,?,?,?,?,?,?,?)",
+                (item_id, session_id, owner.owner_id, owner.pid, owner.pid_start, mountpoint,
+                 path, time.time()),
+            )  # fmt: skip
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def release_lock(self, lock_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM locks WHERE id = ?", (lock_id,))
+
+    def lock_count(self, item_id: str) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM locks WHERE item_id = ?",
+                                    (item_id,)).fetchone()[0])  # fmt: skip
+
+    # -- entries ------------------------------------------------------------------------------
+
+    def get_entry(self, key: str) -> EntryRow | None:
+        row = self._db.execute("SELECT * FROM entries WHERE key = ?", (key,)).fetchone()
+        return _entry(row) if row else None
+
+    def ensure_entry(self, key: str, item_id: str, size: int, checksum: str | None,
+                     source: str, path: str) -> EntryRow:  # fmt: skip
+        """The entry for `key`, created empty if missing (a new unique file name each time)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT * FROM entries WHERE key = ?", (key,)).fetchone()
+            if row is not None and row["size"] == size:
+                return _entry(row)
+            if row is not None:  # the source changed size: its old bytes are worthless
+                db.execute("DELETE FROM entries WHERE key = ?", (key,))
+            now = time.time()
+            file_name = f"{uuid.uuid4().hex[:2]}/{uuid.uuid4().hex}"
+            db.execute(
+                "INSERT INTO entries (key, item_id, file_name, size, checksum, source, path,"
+                " atime, created) VALUES (?,?,?,?,?,?,?,?,?)",
+                (key, item_id, file_name, size, checksum, source, path, now, now),
+            )
+            created = db.execute("SELECT * FROM entries WHERE key = ?", (key,)).fetchone()
+            return _entry(created)
+
+    def usage(self, db: sqlite3.Connection | None = None) -> int:
+        db = db or self._db
+        present = db.execute("SELECT COALESCE(SUM(present), 0) FROM entries").fetchone()[0]
+        claimed = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM claims").fetchone()[0]
+        return int(present) + int(claimed)
+
+    def reserve(self, key: str, start: int, end: int, owner: Owner, capacity: int) -> Reservation:
+        """Claim [start, end) of `key` for fetching, reserving its missing bytes of capacity."""
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute("SELECT ranges FROM entries WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                raise KeyError(key)
+            ranges = Ranges.from_json(row["ranges"])
+            needed = (end - start) - ranges.overlap(start, end)
+            if needed == 0:
+                return Reservation(ranges=ranges)
+            for claim in db.execute(
+                "SELECT id, owner_id, pid, pid_start, expires FROM claims"
+                " WHERE key = ? AND start < ? AND end > ?", (key, end, start),
+            ).fetchall():  # fmt: skip
+                if claim["expires"] < now or not is_alive(claim["pid"], claim["pid_start"]):
+                    db.execute("DELETE FROM claims WHERE id = ?", (claim["id"],))
+                elif claim["owner_id"] != owner.owner_id:
+                    return Reservation(ranges=ranges, busy=True)
+            usage = self.usage(db)
+            if usage + needed > capacity:
+                return Reservation(ranges=ranges, no_room=True, usage=usage)
+            cursor = db.execute(
+                "INSERT INTO claims (key, start, end, bytes, owner_id, pid, pid_start, expires)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (key, start, end, needed, owner.owner_id, owner.pid, owner.pid_start,
+                 now + CLAIM_LEASE),
+            )  # fmt: skip
+            return Reservation(claim_id=cursor.lastrowid, ranges=ranges, usage=usage + needed)
+
+    def commit_range(self, claim_id: int, key: str, start: int, end: int,
+                     transfer: tuple[int, int] | None = None) -> Ranges:  # fmt: skip
+        """The bytes of [start, end) are in the store file: record them, free the claim.
+
+        `transfer` = (transfer id, bytes transferred so far) is written in the same transaction.
+        """
+        with self.transaction() as db:
+            row = db.execute("SELECT ranges FROM entries WHERE key = ?", (key,)).fetchone()
+            db.execute("DELETE FROM claims WHERE id = ?", (claim_id,))
+            if transfer is not None:
+                db.execute("UPDATE transfers SET transferred = ? WHERE id = ?",
+                           (transfer[1], transfer[0]))  # fmt: skip
+            if row is None:  # evicted meanwhile (cannot happen while we hold a lock)
+                return Ranges()
+            ranges = Ranges.from_json(row["ranges"])
+            ranges.insert(start, end)
+            db.execute("UPDATE entries SET ranges = ?, present = ?, atime = ? WHERE key = ?",
+                       (ranges.to_json(), ranges.total, time.time(), key))  # fmt: skip
+            return ranges
+
+    def release_claim(self, claim_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM claims WHERE id = ?", (claim_id,))
+
+    def mark_complete(self, key: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE entries SET complete = 1 WHERE key = ? AND present = size", (key,))
+
+    def drop_ranges(self, key: str, start: int, end: int) -> Ranges:
+        """Forget [start, end) of an entry (its owner punched that hole in the file)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT ranges FROM entries WHERE key = ?", (key,)).fetchone()
+            ranges = Ranges.from_json(row["ranges"] if row else "[]")
+            ranges.remove(start, end)
+            db.execute("UPDATE entries SET ranges = ?, present = ?, complete = 0 WHERE key = ?",
+                       (ranges.to_json(), ranges.total, key))  # fmt: skip
+            return ranges
+
+    def delete_entry(self, key: str, reason: str, by_owner: str) -> Evicted | None:
+        """Remove an entry (e.g. a checksum mismatch); the caller then unlinks its file."""
+        with self.transaction() as db:
+            row = db.execute("SELECT * FROM entries WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM entries WHERE key = ?", (key,))
+            db.execute(
+                "INSERT INTO evictions (key, item_id, path, bytes, time, reason, by_owner)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (key, row["item_id"], row["path"], row["present"], time.time(), reason, by_owner),
+            )
+            return Evicted(key, row["item_id"], row["file_name"], row["present"], row["path"])
+
+    # -- eviction -----------------------------------------------------------------------------
+
+    def evict_lru(self, target_usage: int, by_owner: str, reason: str) -> list[Evicted]:
+        """Delete unlocked, unclaimed entries, least recently used first, until usage ≤ target.
+
+        One transaction: a lock taken by any process either committed before (and the entry
+        stays) or will see the entry gone and fetch it again.
+        """
+        evicted: list[Evicted] = []
+        now = time.time()
+        with self.transaction() as db:
+            usage = self.usage(db)
+            if usage <= target_usage:
+                return evicted
+            rows = db.execute(
+                "SELECT key, item_id, file_name, present, path FROM entries"
+                " WHERE present > 0"
+                " AND item_id NOT IN (SELECT item_id FROM locks)"
+                " AND key NOT IN (SELECT key FROM claims)"
+                " ORDER BY atime ASC"
+            )
+            for row in rows:
+                if usage <= target_usage:
+                    break
+                evicted.append(Evicted(row["key"], row["item_id"], row["file_name"], row["present"],
+                                       row["path"]))  # fmt: skip
+                usage -= row["present"]
+            db.executemany("DELETE FROM entries WHERE key = ?", [(e.key,) for e in evicted])
+            db.executemany(
+                "INSERT INTO evictions (key, item_id, path, bytes, time, reason, by_owner)"
+                " VALUES (?,?,?,?,?,?,?)",
+                [(e.key, e.item_id, e.path, e.bytes, now, reason, by_owner) for e in evicted],
+            )
+        return evicted
+
+    def file_names(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT file_name FROM entries")}
+
+    def forget_missing(self, missing: Iterable[str]) -> int:
+        """Drop entries whose file vanished (after a crash or a hand-deleted file)."""
+        with self.transaction() as db:
+            return sum(db.execute("DELETE FROM entries WHERE file_name = ?", (name,)).rowcount
+                       for name in missing)  # fmt: skip
+
+    # -- transfers ----------------------------------------------------------------------------
+
+    def transfer_create(self, *, key: str, item_id: str, path: str, session_id: str,
+                        owner_id: str, source: str, size: int, start_offset: int) -> int:  # fmt: skip
+        now = time.time()
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO transfers (key, item_id, path, session_id, owner_id, source, status,"
+                " size, start_offset, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (key, item_id, path, session_id, owner_id, source, int(TransferStatus.QUEUED),
+                 size, start_offset, now),
+            )  # fmt: skip
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def transfer_update(self, transfer_id: int, **fields: Any) -> None:
+        allowed = {"status", "transferred", "start_time", "end_time", "error", "attempts", "size"}
+        assert set(fields) <= allowed, fields
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        with self.transaction() as db:
+            db.execute(f"UPDATE transfers SET {sets} WHERE id = ?", (*fields.values(), transfer_id))
+
+    def record_failure(self, kind: str, key: str | None, cause: str, owner_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO failures (time, kind, key, cause, owner_id) VALUES (?,?,?,?,?)",
+                       (time.time(), kind, key, cause, owner_id))  # fmt: skip
+
+    def prune_history(self, max_count: int, max_age_days: float) -> int:
+        cutoff = time.time() - max_age_days * 86400
+        with self.transaction() as db:
+            removed = 0
+            for table, column in (("transfers", "created"), ("evictions", "time"),
+                                  ("failures", "time")):  # fmt: skip
+                active = " AND status IN (3, 4)" if table == "transfers" else ""
+                removed += db.execute(f"DELETE FROM {table} WHERE {column} < ?{active}",
+                                      (cutoff,)).rowcount  # fmt: skip
+                removed += db.execute(
+                    f"DELETE FROM {table} WHERE id <= (SELECT id FROM {table} ORDER BY id DESC"
+                    f" LIMIT 1 OFFSET ?){active}", (max_count,),
+                ).rowcount  # fmt: skip
+            return removed
+
+
+def _entry(row: sqlite3.Row) -> EntryRow:
+    return EntryRow(
+        key=row["key"], item_id=row["item_id"], file_name=row["file_name"], size=row["size"],
+        checksum=row["checksum"], source=row["source"], path=row["path"],
+        ranges=Ranges.from_json(row["ranges"]), present=row["present"],
+        complete=bool(row["complete"]), atime=row["atime"],
+    )  # fmt: skip

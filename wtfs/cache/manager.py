@@ -1,0 +1,534 @@
+"""The cache manager: opens (locks), reads (served from the store, fetched on demand), closes.
+
+The read path (see the design sketch in the README):
+- bytes already present are read inline with `os.pread` on the store file: no index write, no
+  thread hop (the hot path);
+- missing blocks are fetched by *runs*: one provider request streaming one or more consecutive
+  blocks into the sparse store file; each block is reserved in the index before its bytes are
+  written and committed once written, and waiting readers are woken per block;
+- a sequential reader keeps a run ahead of itself (read-ahead); a random reader fetches only the
+  block it needs;
+- every reader of an entry in this process shares its runs; another process fetching the same
+  block is seen through its claim in the index, and we wait for its range to appear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from wtfs.cache.aindex import AsyncIndex
+from wtfs.cache.index import Index, TransferStatus
+from wtfs.cache.owner import Owner
+from wtfs.cache.ranges import Ranges
+from wtfs.cache.stats import Stats
+from wtfs.cache.store import Store
+from wtfs.errors import (
+    ChecksumMismatch,
+    NoSpace,
+    Timeout,
+    TransferFailed,
+    WtfsError,
+)
+from wtfs.providers.base import Sink, Source
+from wtfs.providers.registry import ProviderRegistry
+from wtfs.providers.retry import RetryPolicy, fetch_with_retry
+from wtfs.urls import redact_url
+
+log = logging.getLogger(__name__)
+
+MAX_RUN_BLOCKS = 64
+BUSY_POLL = 0.05
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    capacity: int
+    block_size: int = 4 * 1024**2
+    readahead_blocks: int = 8
+    max_concurrent_transfers: int = 8
+    read_deadline: float = 120.0
+    retry: RetryPolicy = RetryPolicy()
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """What the manager needs to know of a file in the tree (the cache never sees FUSE)."""
+
+    key: str
+    item_id: str
+    size: int
+    source: Source
+    path: str
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class LiveEntry:
+    """One cached file while this process has it open (rclone's Item)."""
+
+    ref: FileRef
+    file_name: str
+    fd: int
+    ranges: Ranges
+    complete: bool
+    opens: int = 0
+    runs: int = 0
+    pending: dict[int, trio.Event] = field(default_factory=dict)
+    block_errors: dict[int, WtfsError] = field(default_factory=dict)
+    busy_until: dict[int, float] = field(default_factory=dict)
+    failure: WtfsError | None = None
+    cancel_scopes: set[trio.CancelScope] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class Handle:
+    entry: LiveEntry
+    lock_id: int
+    next_offset: int = 0  # where a sequential reader would read next
+
+    @property
+    def keep_cache(self) -> bool:
+        return self.entry.complete
+
+
+class _StopRun(Exception):
+    """End a run early: the next block is present already or another process is fetching it."""
+
+
+class CacheManager:
+    def __init__(
+        self,
+        store: Store,
+        index: Index,
+        owner: Owner,
+        providers: ProviderRegistry,
+        settings: CacheSettings,
+        *,
+        session_id: str,
+        mountpoint: str | None = None,
+        make_room: Callable[[int], Awaitable[int]] | None = None,
+        stats: Stats | None = None,
+    ) -> None:
+        self.store = store
+        self.index = AsyncIndex(index)
+        self.owner = owner
+        self.providers = providers
+        self.settings = settings
+        self.session_id = session_id
+        self.mountpoint = mountpoint
+        self.make_room = make_room
+        self.stats = stats or Stats()
+        self._entries: dict[str, LiveEntry] = {}
+        self._slots = trio.CapacityLimiter(settings.max_concurrent_transfers)
+        self._nursery: trio.Nursery | None = None
+        self._atimes: dict[str, float] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the nursery that fetch runs live in, and flush stats/atimes periodically."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                while True:
+                    await trio.sleep(1.0)
+                    await self.flush()
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def flush(self) -> None:
+        atimes, self._atimes = self._atimes, {}
+        with trio.CancelScope(shield=True):
+            await self.index.run(self.index.sync.heartbeat, self.owner, self.stats.snapshot(), atimes)
+
+    # -- open / close -------------------------------------------------------------------------
+
+    async def open(self, ref: FileRef) -> Handle:
+        lock_id = await self.index.run(
+            self.index.sync.acquire_lock, ref.item_id, self.session_id, self.owner,
+            mountpoint=self.mountpoint, path=ref.path,
+        )  # fmt: skip
+        try:
+            entry = self._entries.get(ref.key)
+            if entry is None:
+                entry = await self._load_entry(ref)
+            entry.opens += 1
+            if not entry.complete and entry.ranges.total == entry.ref.size:
+                await self._complete(entry)  # e.g. a crash came between last commit and marking
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.index.run(self.index.sync.release_lock, lock_id)
+            raise
+        return Handle(entry, lock_id)
+
+    async def _load_entry(self, ref: FileRef) -> LiveEntry:
+        row = await self.index.run(
+            self.index.sync.ensure_entry, ref.key, ref.item_id, ref.size, ref.source.checksum,
+            redact_url(ref.source.url), ref.path,
+        )  # fmt: skip
+        fd = self.store.open_file(row.file_name, ref.size)
+        entry = LiveEntry(ref, row.file_name, fd, row.ranges, row.complete)
+        self._entries[ref.key] = entry
+        return entry
+
+    async def release(self, handle: Handle) -> None:
+        entry = handle.entry
+        entry.opens -= 1
+        with trio.CancelScope(shield=True):
+            await self.index.run(self.index.sync.release_lock, handle.lock_id)
+        if entry.opens == 0:
+            # Nobody here reads it any more: stop its fetches (they free their claims).
+            for scope in entry.cancel_scopes:
+                scope.cancel()
+            self._maybe_close(entry)
+
+    def _maybe_close(self, entry: LiveEntry) -> None:
+        if entry.opens == 0 and entry.runs == 0 and self._entries.get(entry.ref.key) is entry:
+            del self._entries[entry.ref.key]
+            os.close(entry.fd)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def read(self, handle: Handle, offset: int, length: int) -> bytes:
+        entry = handle.entry
+        if entry.failure is not None:
+            raise entry.failure
+        end = min(offset + length, entry.ref.size)
+        if offset >= end:
+            return b""
+        sequential = offset == handle.next_offset
+        handle.next_offset = end
+        if entry.complete or entry.ranges.present(offset, end):
+            self.stats.hit(end - offset)
+            self._atimes[entry.ref.key] = time.time()
+            if sequential and not entry.complete:
+                self._read_ahead(entry, end)
+            return os.pread(entry.fd, end - offset, offset)
+        if entry.ref.error is not None:
+            await self._fail_unfetchable(entry)
+        self.stats.miss(end - offset)
+        with trio.move_on_after(self.settings.read_deadline) as deadline:
+            await self._ensure(entry, offset, end, sequential)
+        if deadline.cancelled_caught:
+            cause = (f"{entry.ref.path}: no bytes at offset {offset} after "
+                     f"{self.settings.read_deadline:g}s")  # fmt: skip
+            raise Timeout(cause)
+        if entry.failure is not None:
+            raise entry.failure
+        self._atimes[entry.ref.key] = time.time()
+        return os.pread(entry.fd, end - offset, offset)
+
+    async def _ensure(self, entry: LiveEntry, start: int, end: int, sequential: bool) -> None:
+        bs = self.settings.block_size
+        while True:
+            missing = [b for b in range(start // bs, (end - 1) // bs + 1) if not self._has_block(entry, b)]
+            if not missing:
+                return
+            block = missing[0]
+            if block in entry.pending:
+                await entry.pending[block].wait()
+            elif entry.busy_until.get(block, 0) > time.monotonic():
+                # Another process is fetching it: wait for its range to show up in the index.
+                await trio.sleep(BUSY_POLL)
+                await self._refresh_ranges(entry)
+            else:
+                ahead = self.settings.readahead_blocks if sequential else 0
+                self._start_run(entry, block, last=max(missing[-1], block + ahead))
+                if block in entry.pending:
+                    await entry.pending[block].wait()
+            error = entry.block_errors.pop(block, None)
+            if error is not None:
+                raise error
+            if entry.failure is not None:
+                raise entry.failure
+
+    def _has_block(self, entry: LiveEntry, block: int) -> bool:
+        bs = self.settings.block_size
+        return entry.complete or entry.ranges.present(block * bs, min(entry.ref.size, (block + 1) * bs))
+
+    def _read_ahead(self, entry: LiveEntry, position: int) -> None:
+        bs = self.settings.block_size
+        first = position // bs
+        last = min((entry.ref.size - 1) // bs, first + self.settings.readahead_blocks)
+        for block in range(first, last + 1):
+            if block in entry.pending or self._has_block(entry, block):
+                continue
+            if entry.busy_until.get(block, 0) <= time.monotonic():
+                self._start_run(entry, block, last=last)
+            return
+
+    def _start_run(self, entry: LiveEntry, first: int, last: int) -> None:
+        """Fetch the consecutive missing, not-yet-pending blocks from `first` (up to `last`)."""
+        bs = self.settings.block_size
+        last_block = (entry.ref.size - 1) // bs
+        blocks: list[int] = []
+        block = first
+        while block <= min(last, last_block) and len(blocks) < MAX_RUN_BLOCKS:
+            if block in entry.pending or self._has_block(entry, block):
+                break
+            blocks.append(block)
+            block += 1
+        if not blocks:
+            return
+        for b in blocks:
+            entry.pending[b] = trio.Event()
+        entry.runs += 1
+        assert self._nursery is not None, "CacheManager.run() is not running"
+        self._nursery.start_soon(self._run, entry, blocks)
+
+    async def _refresh_ranges(self, entry: LiveEntry) -> None:
+        row = await self.index.run(self.index.sync.get_entry, entry.ref.key)
+        if row is not None:
+            entry.ranges = row.ranges
+            entry.complete = entry.complete or row.complete
+
+    # -- fetch runs ---------------------------------------------------------------------------
+
+    async def _run(self, entry: LiveEntry, blocks: list[int]) -> None:
+        bs = self.settings.block_size
+        start, end = blocks[0] * bs, min(entry.ref.size, (blocks[-1] + 1) * bs)
+        sink = _BlockSink(self, entry, start, end)
+        scope = trio.CancelScope()
+        entry.cancel_scopes.add(scope)
+        try:
+            with scope:
+                await self._transfer(entry, sink, start, end)
+        finally:
+            entry.cancel_scopes.discard(scope)
+            with trio.CancelScope(shield=True):
+                await sink.release_claim()
+            for b in blocks:
+                event = entry.pending.pop(b, None)
+                if event is not None:
+                    event.set()
+            entry.runs -= 1
+            self._maybe_close(entry)
+
+    async def _transfer(self, entry: LiveEntry, sink: _BlockSink, start: int, end: int) -> None:
+        ref = entry.ref
+        sync = self.index.sync
+        tid = await self.index.run(
+            sync.transfer_create, key=ref.key, item_id=ref.item_id, path=ref.path,
+            session_id=self.session_id, owner_id=self.owner.owner_id,
+            source=redact_url(ref.source.url), size=end - start, start_offset=start,
+        )  # fmt: skip
+        sink.transfer_id = tid
+        attempts = 1
+        status, error = TransferStatus.DONE, None
+        try:
+            provider = self.providers.get(ref.source)
+            async with self._slots:
+                await self.index.run(sync.transfer_update, tid, status=int(TransferStatus.TRANSFERRING),
+                                     start_time=time.time(), attempts=1)  # fmt: skip
+
+                def on_retry(attempt: int, exc: WtfsError, delay: float) -> None:
+                    nonlocal attempts
+                    attempts = attempt + 1
+                    log.warning("%s: %s (attempt %d, retrying in %.1fs)", ref.path, exc.cause,
+                                attempt, delay)  # fmt: skip
+
+                try:
+                    await fetch_with_retry(provider, ref.source, start, end, sink,
+                                           self.settings.retry, on_retry=on_retry)  # fmt: skip
+                except _StopRun:
+                    pass
+        except WtfsError as exc:
+            status, error = TransferStatus.FAILED, exc
+            log.error("%s: transfer failed: %s", ref.path, exc.cause)
+            self._fail_blocks(entry, sink, exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                fields: dict[str, Any] = {"status": int(status), "end_time": time.time(),
+                                          "transferred": sink.transferred, "attempts": attempts}  # fmt: skip
+                if status == TransferStatus.DONE and sink.transferred < end - start:
+                    fields["size"] = sink.transferred  # stopped early: record what it moved
+                if error is not None:
+                    fields["error"] = error.cause
+                await self.index.run(sync.transfer_update, tid, **fields)
+        if not entry.complete and entry.ranges.total == ref.size:
+            await self._complete(entry)
+
+    def _fail_blocks(self, entry: LiveEntry, sink: _BlockSink, error: WtfsError) -> None:
+        for block in list(entry.pending):
+            if sink.owns_block(block):
+                entry.block_errors[block] = error
+
+    async def _complete(self, entry: LiveEntry) -> None:
+        """All bytes are here: verify the checksum when known, then mark complete atomically."""
+        checksum = entry.ref.source.checksum
+        if checksum:
+            algo, _, expected = checksum.partition(":")
+            actual = await trio.to_thread.run_sync(_hash_fd, entry.fd, algo, entry.ref.size)
+            if actual is not None and actual != expected.lower():
+                cause = f"{entry.ref.path}: {algo} mismatch (expected {expected[:16]}…, got {actual[:16]}…)"
+                entry.failure = ChecksumMismatch(cause)
+                log.error("%s", cause)
+                evicted = await self.index.run(self.index.sync.delete_entry, entry.ref.key,
+                                               "checksum mismatch", self.owner.owner_id)  # fmt: skip
+                await self.index.run(self.index.sync.record_failure, "checksum", entry.ref.key,
+                                     cause, self.owner.owner_id)  # fmt: skip
+                if evicted is not None:
+                    self.store.unlink(evicted.file_name)
+                return
+        await self.index.run(self.index.sync.mark_complete, entry.ref.key)
+        entry.complete = True
+
+    async def _fail_unfetchable(self, entry: LiveEntry) -> None:
+        """An item that can never be fetched (e.g. phys_path without size): a FAILED transfer."""
+        ref = entry.ref
+        assert ref.error is not None
+        if entry.failure is None:
+            entry.failure = TransferFailed(ref.error)
+            sync = self.index.sync
+            tid = await self.index.run(
+                sync.transfer_create, key=ref.key, item_id=ref.item_id, path=ref.path,
+                session_id=self.session_id, owner_id=self.owner.owner_id,
+                source=redact_url(ref.source.url), size=ref.size, start_offset=0,
+            )  # fmt: skip
+            await self.index.run(sync.transfer_update, tid, status=int(TransferStatus.FAILED),
+                                 error=ref.error, end_time=time.time())  # fmt: skip
+            log.error("%s", ref.error)
+        raise entry.failure
+
+    # -- space --------------------------------------------------------------------------------
+
+    async def reserve(self, entry: LiveEntry, start: int, end: int) -> int | None:
+        """Claim [start, end) for writing. None when the bytes are already present.
+
+        Raises _StopRun when another process is fetching them, NoSpace when no room can be made.
+        """
+        sync = self.index.sync
+        for attempt in range(3):
+            res = await self.index.run(sync.reserve, entry.ref.key, start, end, self.owner,
+                                       self.settings.capacity)  # fmt: skip
+            assert res.ranges is not None
+            entry.ranges = res.ranges
+            if res.claim_id is not None:
+                return res.claim_id
+            if res.busy:
+                entry.busy_until[start // self.settings.block_size] = time.monotonic() + BUSY_POLL
+                raise _StopRun
+            if not res.no_room:
+                return None
+            needed = (end - start) - res.ranges.overlap(start, end)
+            freed = await self.make_room(needed) if self.make_room else 0
+            if freed == 0 and attempt > 0:
+                freed = await self._shrink_window(entry, start)
+            if freed == 0 and attempt > 0:
+                break
+        usage = await self.index.run(sync.usage)
+        cause = (f"{entry.ref.path}: private store full: {usage} of {self.settings.capacity} bytes "
+                 f"used and nothing unlocked left to evict")  # fmt: skip
+        await self.index.run(sync.record_failure, "nospace", entry.ref.key, cause, self.owner.owner_id)
+        log.error("%s", cause)
+        raise NoSpace(cause)
+
+    async def _shrink_window(self, entry: LiveEntry, position: int) -> int:
+        """Free this entry's own blocks behind its reader (a file larger than the store).
+
+        Only when no other process has the item open: they could be reading those bytes.
+        """
+        local_locks = entry.opens
+        if await self.index.run(self.index.sync.lock_count, entry.ref.item_id) > local_locks:
+            return 0
+        bs = self.settings.block_size
+        behind = (position // bs - 1) * bs  # keep the block just behind the reader
+        if behind <= 0:
+            return 0
+        freed = entry.ranges.overlap(0, behind)
+        if freed == 0:
+            return 0
+        await trio.to_thread.run_sync(self.store.punch_hole, entry.fd, 0, behind)
+        entry.ranges = await self.index.run(self.index.sync.drop_ranges, entry.ref.key, 0, behind)
+        entry.complete = False
+        log.info("%s: dropped %d bytes behind the reader to stay under capacity", entry.ref.path, freed)
+        return freed
+
+
+class _BlockSink(Sink):
+    """Writes a run's bytes into the store file, reserving and committing block by block."""
+
+    def __init__(self, manager: CacheManager, entry: LiveEntry, start: int, end: int) -> None:
+        self.manager = manager
+        self.entry = entry
+        self.start, self.end = start, end
+        self.block_size = manager.settings.block_size
+        self.transfer_id: int | None = None
+        self.transferred = 0
+        self._block = -1
+        self._claim: int | None = None
+        self._skip = False
+
+    def owns_block(self, block: int) -> bool:
+        return self.start // self.block_size <= block <= (self.end - 1) // self.block_size
+
+    async def write(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            block = offset // self.block_size
+            if block != self._block:
+                await self._begin(block)
+            block_end = min(self.entry.ref.size, (block + 1) * self.block_size)
+            take = min(len(view), block_end - offset)
+            if not self._skip:
+                os.pwrite(self.entry.fd, view[:take], offset)
+                self.transferred += take
+                self.manager.stats.fetched(take)
+            offset += take
+            view = view[take:]
+            if offset == block_end:
+                await self._finish(block, offset)
+
+    async def _begin(self, block: int) -> None:
+        self._block = block
+        start = max(self.start, block * self.block_size)
+        end = min(self.end, (block + 1) * self.block_size)
+        if self.entry.ranges.present(start, end):
+            raise _StopRun
+        self._claim = await self.manager.reserve(self.entry, start, end)
+        self._skip = self._claim is None
+        if self._skip:
+            raise _StopRun
+
+    async def _finish(self, block: int, block_end: int) -> None:
+        start = max(self.start, block * self.block_size)
+        if self._claim is not None:
+            sync = self.manager.index.sync
+            transfer = (self.transfer_id, self.transferred) if self.transfer_id else None
+            self.entry.ranges = await self.manager.index.run(
+                sync.commit_range, self._claim, self.entry.ref.key, start, block_end, transfer
+            )
+            self._claim = None
+        event = self.entry.pending.pop(block, None)
+        if event is not None:
+            event.set()
+
+    async def release_claim(self) -> None:
+        if self._claim is not None:
+            await self.manager.index.run(self.manager.index.sync.release_claim, self._claim)
+            self._claim = None
+
+
+def _hash_fd(fd: int, algo: str, size: int) -> str | None:
+    try:
+        digest = hashlib.new(algo.lower())
+    except ValueError:
+        log.warning("unknown checksum algorithm %r: not verified", algo)
+        return None
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(8 * 1024**2, size - offset), offset)
+        if not chunk:
+            break
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()

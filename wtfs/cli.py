@@ -1,0 +1,214 @@
+"""The `wtfs` command. Thin: parse, load config, call the daemon/status/gc; map errors to exit
+codes (2: bad config, session or arguments; 1: any other failure)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import trio
+
+from wtfs.config import Config, load_config
+from wtfs.errors import ConfigError, WtfsError
+from wtfs.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 300.0
+
+
+def fail(exc: WtfsError) -> NoReturn:
+    click.echo(f"wtfs: {exc.cause}", err=True)
+    sys.exit(2 if isinstance(exc, ConfigError) else 1)
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The one CLI error printer: WtfsError → one line on stderr and an exit code."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except WtfsError as exc:
+            fail(exc)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def _config(ctx: click.Context) -> Config:
+    config: Config = ctx.obj["config_loader"]()
+    return config
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="Config file (default: $WTFS_CONFIG, ./wtfs.yaml, ~/.config/wtfs/wtfs.yaml).")  # fmt: skip
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+    """wtfs: Girder data as a read-only local file system."""
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    ctx.obj["config_path"] = config_path
+    ctx.obj["config_loader"] = guarded(lambda: load_config(config_path))
+
+
+@main.command()
+@click.argument("args", nargs=-1, metavar="[SESSION] MOUNTPOINT")
+@click.option("--session-id", help="Fetch the session from Girder's /dm/session/{id}.")
+@click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (for supervisors).")
+@click.option("--ready-fd", type=int, hidden=True)
+@click.pass_context
+@guarded
+def mount(ctx: click.Context, args: tuple[str, ...], session_id: str | None, foreground: bool,
+          ready_fd: int | None) -> None:  # fmt: skip
+    """Mount a session (a YAML/JSON file, or --session-id) at MOUNTPOINT.
+
+    Runs in the background by default and returns once the mount is ready, or fails with the
+    reason; logs go to `log_file` (default: <private_storage_path>/logs/).
+    """
+    from wtfs.daemon import MountRequest, serve
+
+    if session_id is not None and len(args) != 1:
+        raise ConfigError("with --session-id, give only the MOUNTPOINT")
+    if session_id is None and len(args) != 2:
+        raise ConfigError("usage: wtfs mount SESSION MOUNTPOINT (or --session-id ID MOUNTPOINT)")
+    config = _config(ctx)
+    request = MountRequest(
+        mountpoint=Path(args[-1]).absolute(),
+        session_file=Path(args[0]) if session_id is None else None,
+        session_id=session_id,
+    )
+    if not foreground:
+        _mount_in_background(ctx)
+        return
+    log_file = config.log_file if ready_fd is not None else None
+    if ready_fd is not None and log_file is None:
+        log_file = config.private_storage_path / "logs" / f"mount-{request.mountpoint.name}.log"
+    setup_logging(config, ctx.obj["verbose"], log_file=log_file)
+    outcome: list[WtfsError | None] = []
+
+    def ready(error: WtfsError | None) -> None:
+        outcome.append(error)
+        if ready_fd is not None:
+            message = "OK\n" if error is None else f"ERR {2 if isinstance(error, ConfigError) else 1} {error.cause}\n"
+            os.write(ready_fd, message.encode())
+            os.close(ready_fd)
+        if error is not None:
+            log.error("mount failed: %s", error.cause)
+
+    trio.run(serve, config, request, ready)
+    if outcome and outcome[0] is not None:
+        fail(outcome[0])
+
+
+def _mount_in_background(ctx: click.Context) -> None:
+    """Re-run ourselves with --foreground in a new session; wait for its ready message."""
+    read_fd, write_fd = os.pipe()
+    argv = [sys.executable, "-m", "wtfs"]
+    if ctx.obj["config_path"]:
+        argv += ["--config", ctx.obj["config_path"]]
+    argv += ["-v"] * ctx.obj["verbose"]
+    argv += ["mount", "--foreground", "--ready-fd", str(write_fd), *sys.argv[sys.argv.index("mount") + 1:]]
+    # The API key travels in the environment (as it came), never in argv.
+    with open(os.devnull, "r+b") as devnull:
+        child = subprocess.Popen(argv, stdin=devnull, stdout=devnull, stderr=devnull,
+                                 pass_fds=(write_fd,), start_new_session=True)  # fmt: skip
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        message = pipe.readline().strip()
+    if message == "OK":
+        click.echo(f"wtfs: mounted (pid {child.pid})", err=True)
+        return
+    if message.startswith("ERR "):
+        _, code, cause = message.split(" ", 2)
+        click.echo(f"wtfs: {cause}", err=True)
+        sys.exit(int(code))
+    child.wait(timeout=10)
+    click.echo(f"wtfs: the mount daemon exited ({child.returncode}) before it was ready", err=True)
+    sys.exit(1)
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("-z", "--lazy", is_flag=True, help="Detach now even if files are still open.")
+@guarded
+def umount(mountpoint: str, lazy: bool) -> None:
+    """Unmount MOUNTPOINT; the daemon then releases its locks and exits."""
+    path = Path(mountpoint).absolute()
+    if not os.path.ismount(path):
+        raise ConfigError(f"{path}: not mounted")
+    result = subprocess.run(["fusermount3", "-u", *(["-z"] if lazy else []), str(path)],
+                            capture_output=True, text=True)  # fmt: skip
+    if result.returncode != 0:
+        raise WtfsError(f"{path}: {result.stderr.strip() or 'fusermount3 failed'}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--all", "show_all", is_flag=True, help="Include transfers finished > 1 min ago.")
+@click.option("--session", "session_id", help="Only this session's transfers and locks.")
+@click.option("--watch", is_flag=True, help="Refresh live until Ctrl-C.")
+@click.pass_context
+@guarded
+def status(ctx: click.Context, as_json: bool, show_all: bool, session_id: str | None,
+           watch: bool) -> None:  # fmt: skip
+    """Store usage, mounts, transfers, locks and evictions (exit 3 if any transfer FAILED)."""
+    from wtfs.status.report import gather
+    from wtfs.status.view import render_table, watch_table
+
+    config = _config(ctx)
+    if watch:
+        watch_table(config, session_id=session_id, show_all=show_all)
+        return
+    report = gather(config, session_id=session_id, discard_old=not show_all)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        render_table(report)
+    if report.failed_count:
+        sys.exit(3)
+
+
+@main.command()
+@click.pass_context
+@guarded
+def gc(ctx: click.Context) -> None:
+    """Run one GC pass now (evict to the end mark if usage is past the start mark)."""
+    from wtfs.cache.owner import Owner
+    from wtfs.cache.store import Store
+    from wtfs.config import format_size
+    from wtfs.daemon import gc_policy
+    from wtfs.gc.evictor import collect
+
+    config = _config(ctx)
+    store = Store(config.private_storage_path)
+    store.prepare()
+    index = store.open_index()
+    report = collect(index, store, gc_policy(config), Owner.current("gc").owner_id)
+    index.close()
+    click.echo(f"usage {format_size(report.usage_before)} → {format_size(report.usage_after)} of "
+               f"{format_size(config.private_storage_capacity)}; evicted {len(report.evicted)} "
+               f"entries ({format_size(report.freed)}); reclaimed {report.reclaimed} "
+               f"in {report.seconds * 1000:.0f} ms")  # fmt: skip
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Where the demo keeps its Girder and store (default: a temp dir).")  # fmt: skip
+@click.option("--keep", is_flag=True, help="Leave Girder running and the session mounted.")
+@guarded
+def demo(workdir: str | None, keep: bool) -> None:
+    """Start a local Girder with sample data, mount it, read and verify files, show status."""
+    from wtfs.demo import run_demo
+
+    run_demo(Path(workdir) if workdir else None, keep=keep)
+

@@ -1,0 +1,211 @@
+"""The mount daemon: one root trio nursery wiring store, providers, GC, cache manager and FUSE.
+
+Start-up order matters: validate everything that can be wrong (store, Girder, session, the
+mountpoint) *before* mounting, so a bad input mounts nothing; then mount, then report ready.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from wtfs.cache.aindex import AsyncIndex
+from wtfs.cache.manager import CacheManager, CacheSettings
+from wtfs.cache.owner import Owner
+from wtfs.cache.stats import Stats
+from wtfs.cache.store import Store
+from wtfs.config import Config
+from wtfs.errors import ConfigError, WtfsError
+from wtfs.fuse.operations import Operations, Presentation
+from wtfs.gc.evictor import GcPolicy
+from wtfs.gc.scheduler import GcScheduler
+from wtfs.girder import GirderClient
+from wtfs.providers.base import ProviderSettings
+from wtfs.providers.registry import ProviderRegistry
+from wtfs.providers.retry import RetryPolicy
+from wtfs.session import Session, fetch_session, load_session_file
+from wtfs.tree import Tree
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MountRequest:
+    mountpoint: Path
+    session_file: Path | None = None
+    session_id: str | None = None
+
+
+def make_girder(config: Config) -> GirderClient | None:
+    if config.girder.api_url is None:
+        return None
+    return GirderClient(config.girder.api_url, config.girder.api_key,
+                        connect_timeout=config.network.connect_timeout,
+                        read_timeout=config.network.read_timeout)  # fmt: skip
+
+
+def provider_settings(config: Config) -> ProviderSettings:
+    return ProviderSettings(
+        connect_timeout=config.network.connect_timeout,
+        read_timeout=config.network.read_timeout,
+        allowed_local_roots=tuple(str(p) for p in config.providers.allowed_local_roots),
+        http_headers=config.providers.http_headers,
+        options=config.providers.options,
+    )
+
+
+def retry_policy(config: Config) -> RetryPolicy:
+    net = config.network
+    return RetryPolicy(attempts=net.retry_attempts, base_delay=net.retry_base_delay,
+                       max_delay=net.retry_max_delay, deadline=net.read_deadline)  # fmt: skip
+
+
+def gc_policy(config: Config) -> GcPolicy:
+    return GcPolicy(config.private_storage_capacity, config.gc_collect_start_fraction,
+                    config.gc_collect_end_fraction)  # fmt: skip
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    """A usable mountpoint: an empty directory. A dead FUSE mount left there is cleaned up."""
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            log.warning("%s: a dead FUSE mount is there (transport endpoint is not connected): "
+                        "unmounting it", mountpoint)  # fmt: skip
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
+                           capture_output=True)  # fmt: skip
+        elif exc.errno == errno.ENOENT:
+            raise ConfigError(f"mountpoint {mountpoint}: no such directory") from None
+        else:
+            raise ConfigError(f"mountpoint {mountpoint}: {exc.strerror}") from None
+    if not mountpoint.is_dir():
+        raise ConfigError(f"mountpoint {mountpoint}: not a directory")
+    if os.path.ismount(mountpoint):
+        raise ConfigError(f"mountpoint {mountpoint}: something is already mounted there")
+    if any(os.scandir(mountpoint)):
+        raise ConfigError(f"mountpoint {mountpoint}: directory is not empty")
+
+
+def set_read_ahead(mountpoint: Path, kb: int) -> None:
+    """Raise the kernel read-ahead of our FUSE device (its bdi) so it asks 1 MiB at a time."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if fields[4] == str(mountpoint):
+                    Path(f"/sys/class/bdi/{fields[2]}/read_ahead_kb").write_text(str(kb))
+                    return
+    except OSError as exc:
+        log.info("could not set read_ahead_kb on %s: %s", mountpoint, exc)
+
+
+async def load_session(request: MountRequest, girder: GirderClient | None) -> Session:
+    if request.session_file is not None:
+        return load_session_file(request.session_file)
+    assert request.session_id is not None
+    if girder is None:
+        raise ConfigError("--session-id needs girder.api_url in the config")
+    return await fetch_session(girder, request.session_id)
+
+
+async def serve(config: Config, request: MountRequest,
+                ready: Callable[[WtfsError | None], None]) -> None:  # fmt: skip
+    """Mount and serve until unmounted or signalled. Calls `ready` once, with None or the error."""
+    mountpoint = request.mountpoint.resolve()
+    store = Store(config.private_storage_path)
+    girder: GirderClient | None = None
+    try:
+        store.prepare()
+        girder = make_girder(config)
+        session = await load_session(request, girder)
+        tree = Tree(girder)
+        try:
+            await tree.populate(session)
+        except WtfsError as exc:
+            raise ConfigError(f"session {session.session_id}: {exc.cause}") from None
+        check_mountpoint(mountpoint)
+    except WtfsError as exc:
+        if girder is not None:
+            await girder.aclose()
+        ready(exc)
+        return
+    await _serve_mounted(config, session, tree, store, girder, mountpoint, ready)
+
+
+async def _serve_mounted(config: Config, session: Session, tree: Tree, store: Store,
+                         girder: GirderClient | None, mountpoint: Path,
+                         ready: Callable[[WtfsError | None], None]) -> None:  # fmt: skip
+    index = store.open_index()
+    owner = Owner.current("mount")
+    store.recover(index)
+    index.register_owner(owner, "mount", mountpoint=str(mountpoint), session_id=session.session_id,
+                         session_origin=session.origin)  # fmt: skip
+    stats = Stats()
+    providers = ProviderRegistry(provider_settings(config), girder)
+    gc = GcScheduler(AsyncIndex(index), store, gc_policy(config), owner.owner_id,
+                     config.gc_run_interval, stats,
+                     (config.transfer_history_max_count, config.transfer_history_max_age_days))  # fmt: skip
+    manager = CacheManager(
+        store, index, owner, providers,
+        CacheSettings(config.private_storage_capacity, config.block_size, config.readahead_blocks,
+                      config.max_concurrent_transfers, config.network.read_deadline,
+                      retry_policy(config)),
+        session_id=session.session_id, mountpoint=str(mountpoint), make_room=gc.make_room,
+        stats=stats,
+    )  # fmt: skip
+    look = Presentation(
+        uid=config.mount.uid if config.mount.uid is not None else os.getuid(),
+        gid=config.mount.gid if config.mount.gid is not None else os.getgid(),
+        umask=config.mount.umask, entry_timeout=config.mount.entry_timeout,
+        attr_timeout=config.mount.attr_timeout,
+    )  # fmt: skip
+    options = set(pyfuse3.default_options) | {"fsname=wtfs", "subtype=wtfs", "ro"}
+    if config.mount.allow_other:
+        options.add("allow_other")
+    try:
+        pyfuse3.init(Operations(tree, manager, look), str(mountpoint), options)
+    except RuntimeError as exc:
+        index.unregister_owner(owner.owner_id)
+        ready(ConfigError(f"mountpoint {mountpoint}: mount failed: {exc}"))
+        return
+    log.info("mounted session %s at %s", session.session_id, mountpoint)
+    unmount = True
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(manager.run)
+            await nursery.start(gc.run)
+            nursery.start_soon(_on_signals)
+            nursery.start_soon(trio.to_thread.run_sync, set_read_ahead, mountpoint,
+                               config.mount.read_ahead_kb)  # fmt: skip
+            ready(None)
+            await pyfuse3.main()
+            unmount = os.path.ismount(mountpoint)
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            pyfuse3.close(unmount=unmount)
+            await manager.flush()
+            index.unregister_owner(owner.owner_id)
+            await providers.aclose()
+            if girder is not None:
+                await girder.aclose()
+            index.close()
+        log.info("unmounted %s", mountpoint)
+
+
+async def _on_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return

@@ -1,0 +1,248 @@
+"""A small async Girder REST client: auth from an API key, paging, streaming downloads.
+
+The API key is exchanged for a token with `POST /api_key/token`, the key sent in the request
+body (never in a URL). The token goes in the `Girder-Token` header only; it is refreshed before
+it expires and once on a 401 (a revoked token). Neither ever reaches a log line or an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import httpx
+import trio
+
+from wtfs.config import Secret
+from wtfs.errors import (
+    AccessDenied,
+    GirderUnavailable,
+    NotFound,
+    TransferFailed,
+    TransientError,
+    WtfsError,
+)
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 1000
+METADATA_ATTEMPTS = 4
+TOKEN_DAYS = 30.0
+# Refresh a token when less than this fraction of its lifetime is left.
+TOKEN_REFRESH_FRACTION = 0.2
+
+
+class GirderClient:
+    """One pooled `httpx.AsyncClient` per daemon, shared by metadata calls and downloads."""
+
+    def __init__(
+        self,
+        api_url: str,
+        api_key: Secret | None,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._api_key = api_key
+        self._token: Secret | None = None
+        self._token_expires = 0.0
+        self._token_lifetime = 0.0
+        self._token_lock = trio.Lock()
+        self.token_refreshes = 0
+        self._http = httpx.AsyncClient(
+            base_url=self.api_url + "/",
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            follow_redirects=True,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- auth ---------------------------------------------------------------------------------
+
+    async def _auth_headers(self) -> dict[str, str]:
+        if self._api_key is None:
+            return {}
+        if self._token is None or time.time() > self._token_expires:
+            await self.refresh_token(stale=self._token)
+        assert self._token is not None
+        return {"Girder-Token": self._token.reveal()}
+
+    async def refresh_token(self, stale: Secret | None = None) -> None:
+        """Get a new token from the API key, unless another task already replaced `stale`."""
+        if self._api_key is None:
+            raise AccessDenied("Girder refused the request and no API key is configured")
+        async with self._token_lock:
+            if self._token is not None and self._token != stale and time.time() < self._token_expires:
+                return
+            try:
+                response = await self._http.post(
+                    "api_key/token",
+                    data={"key": self._api_key.reveal(), "duration": str(TOKEN_DAYS)},
+                )
+            except httpx.HTTPError as exc:
+                raise _network_error(exc, "getting a token") from None
+            if response.status_code in (400, 401, 403):
+                raise AccessDenied(
+                    f"Girder refused the API key ({response.status_code}): {_message(response)}"
+                )
+            _raise_for_status(response, "getting a token")
+            body = response.json()
+            self._token = Secret(body["authToken"]["token"])
+            lifetime = _lifetime(body["authToken"].get("expires"))
+            self._token_lifetime = lifetime
+            self._token_expires = time.time() + lifetime * (1 - TOKEN_REFRESH_FRACTION)
+            self.token_refreshes += 1
+            log.info("obtained a Girder token (valid %.1f days)", lifetime / 86400)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        """GET with a few quick retries of transient failures (metadata calls are small)."""
+        for attempt in range(METADATA_ATTEMPTS):
+            try:
+                return await self._get_json_once(path, params)
+            except TransientError as exc:
+                if attempt == METADATA_ATTEMPTS - 1:
+                    raise
+                delay = min(5.0, exc.resume_after or 0.2 * 2**attempt)
+                log.warning("%s (retrying in %.1fs)", exc.cause, delay)
+                await trio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _get_json_once(self, path: str, params: Mapping[str, Any] | None) -> Any:
+        for attempt in range(2):
+            headers = await self._auth_headers()
+            try:
+                response = await self._http.get(path, params=params, headers=headers)
+            except httpx.HTTPError as exc:
+                raise _network_error(exc, f"GET {path}") from None
+            if response.status_code == 401 and attempt == 0 and self._api_key is not None:
+                await self.refresh_token(stale=self._token)
+                continue
+            _raise_for_status(response, f"GET {path}")
+            return response.json()
+        raise AssertionError("unreachable")
+
+    async def paged(self, path: str, params: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Every result of a paginated listing; never trusts a single page to be all of it."""
+        offset = 0
+        while True:
+            page = await self.get_json(path, {**params, "limit": PAGE_SIZE, "offset": offset})
+            if not isinstance(page, list):
+                raise TransferFailed(f"GET {path}: expected a list, got {type(page).__name__}")
+            for entry in page:
+                yield entry
+            if len(page) < PAGE_SIZE:
+                return
+            offset += len(page)
+
+    @asynccontextmanager
+    async def stream(
+        self, path: str, headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[httpx.Response]:
+        """A streamed GET; refreshes the token once on 401. Status checks are the caller's."""
+        for attempt in range(2):
+            auth = await self._auth_headers()
+            request = self._http.build_request("GET", path, headers={**(headers or {}), **auth})
+            try:
+                response = await self._http.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise _network_error(exc, f"GET {path}") from None
+            if response.status_code == 401 and attempt == 0 and self._api_key is not None:
+                await response.aclose()
+                await self.refresh_token(stale=self._token)
+                continue
+            try:
+                yield response
+            finally:
+                await response.aclose()
+            return
+
+    # -- objects ------------------------------------------------------------------------------
+
+    async def get_item(self, item_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.get_json(f"item/{item_id}")
+        return result
+
+    async def get_folder(self, folder_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.get_json(f"folder/{folder_id}")
+        return result
+
+    async def resolve(self, object_id: str) -> tuple[str, dict[str, Any]]:
+        """("item" | "folder", document) for a dataSet `itemId`, which may be either."""
+        try:
+            return "item", await self.get_item(object_id)
+        except (NotFound, _BadRequest):
+            pass
+        try:
+            return "folder", await self.get_folder(object_id)
+        except (NotFound, _BadRequest):
+            raise NotFound(f"no Girder item or folder with id {object_id!r}") from None
+
+    def list_folders(self, parent_id: str, parent_type: str = "folder") -> AsyncIterator[dict[str, Any]]:
+        return self.paged("folder", {"parentId": parent_id, "parentType": parent_type, "sort": "_id"})
+
+    def list_items(self, folder_id: str) -> AsyncIterator[dict[str, Any]]:
+        return self.paged("item", {"folderId": folder_id, "sort": "_id"})
+
+    def list_files(self, item_id: str) -> AsyncIterator[dict[str, Any]]:
+        return self.paged(f"item/{item_id}/files", {"sort": "_id"})
+
+
+class _BadRequest(WtfsError):
+    """Girder's 400: e.g. an item id asked of /folder. Internal: resolve() falls back on it."""
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason_phrase or "no details"
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])[:200]
+    return response.reason_phrase or "no details"
+
+
+def _raise_for_status(response: httpx.Response, what: str) -> None:
+    code = response.status_code
+    if code < 400:
+        return
+    cause = f"{what}: Girder answered {code}: {_message(response)}"
+    if code in (401, 403):
+        raise AccessDenied(cause)
+    if code == 404:
+        raise NotFound(cause)
+    if code == 400:
+        raise _BadRequest(cause)
+    if code == 429 or code >= 500:
+        retry_after = response.headers.get("Retry-After")
+        delay = float(retry_after) if retry_after and retry_after.isdigit() else None
+        raise TransientError(cause, resume_after=delay)
+    raise TransferFailed(cause)
+
+
+def _network_error(exc: httpx.HTTPError, what: str) -> WtfsError:
+    if isinstance(exc, httpx.TimeoutException):
+        return TransientError(f"{what}: Girder did not answer in time ({type(exc).__name__})")
+    if isinstance(exc, httpx.ConnectError):
+        return GirderUnavailable(f"{what}: cannot reach Girder ({exc})")
+    return TransientError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _lifetime(expires: object) -> float:
+    if isinstance(expires, str):
+        try:
+            when = datetime.fromisoformat(expires.replace("Z", "+00:00"))
+            return max(60.0, when.timestamp() - time.time())
+        except ValueError:
+            pass
+    return TOKEN_DAYS * 86400

@@ -1,0 +1,108 @@
+"""Sessions: a dataSet of {itemId, mountPath}, from a YAML/JSON file or a Girder DM server."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wtfs.errors import ConfigError, NotFound, WtfsError
+from wtfs.girder import GirderClient
+
+
+@dataclass(frozen=True)
+class DataSetEntry:
+    item_id: str
+    mount_path: str  # normalised, absolute, never "/"
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(self.mount_path.strip("/").split("/"))
+
+
+@dataclass(frozen=True)
+class Session:
+    session_id: str
+    data_set: tuple[DataSetEntry, ...]
+    origin: str  # "file:/path" or "girder:<id>", for status and refresh
+
+
+def parse_session(data: Any, *, session_id: str, origin: str) -> Session:
+    """Validate a session document (`{"dataSet": [...]}` or a bare list)."""
+    if isinstance(data, dict):
+        if "dataSet" not in data:
+            raise ConfigError(f"session {origin}: no 'dataSet' key")
+        session_id = str(data.get("_id") or data.get("id") or session_id)
+        data = data["dataSet"]
+    if not isinstance(data, list):
+        raise ConfigError(f"session {origin}: dataSet must be a list of {{itemId, mountPath}}")
+    entries: list[DataSetEntry] = []
+    for n, raw in enumerate(data):
+        where = f"session {origin}: dataSet[{n}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping with itemId and mountPath")
+        unknown = set(raw) - {"itemId", "mountPath", "type", "obj"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        item_id, mount_path = raw.get("itemId"), raw.get("mountPath")
+        if not isinstance(item_id, str) or not item_id.strip():
+            raise ConfigError(f"{where}: itemId must be a non-empty string")
+        if not isinstance(mount_path, str) or not mount_path.startswith("/"):
+            raise ConfigError(f"{where}: mountPath must be an absolute path, got {mount_path!r}")
+        parts = mount_path.split("/")
+        if any(p in (".", "..") for p in parts) or "\0" in mount_path:
+            raise ConfigError(f"{where}: mountPath {mount_path!r} must not contain '.' or '..'")
+        normal = posixpath.normpath(mount_path)
+        if normal == "/":
+            raise ConfigError(f"{where}: mountPath must name something below '/'")
+        if any(len(p.encode()) > 255 for p in normal.split("/")):
+            raise ConfigError(f"{where}: mountPath {mount_path!r} has a component over 255 bytes")
+        entries.append(DataSetEntry(item_id.strip(), normal))
+    if not entries:
+        raise ConfigError(f"session {origin}: dataSet is empty")
+    seen: dict[str, DataSetEntry] = {}
+    for entry in entries:
+        if entry.mount_path in seen:
+            raise ConfigError(f"session {origin}: duplicate mountPath {entry.mount_path!r}")
+        seen[entry.mount_path] = entry
+    for entry in entries:
+        for other in entries:
+            if other is not entry and entry.mount_path.startswith(other.mount_path + "/"):
+                raise ConfigError(
+                    f"session {origin}: mountPath {entry.mount_path!r} lies inside "
+                    f"{other.mount_path!r}, which another entry mounts"
+                )
+    return Session(session_id, tuple(entries), origin)
+
+
+def load_session_file(path: str | Path) -> Session:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"session file {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"session file {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                          f"{str(exc).splitlines()[0]}") from None  # fmt: skip
+    return parse_session(data, session_id=path.stem, origin=f"file:{path.resolve()}")
+
+
+async def fetch_session(girder: GirderClient, session_id: str) -> Session:
+    """`GET /dm/session/{id}` from a Girder with the WholeTale DM plugin."""
+    try:
+        data = await girder.get_json(f"dm/session/{session_id}")
+    except NotFound:
+        raise ConfigError(
+            f"session {session_id}: Girder at {girder.api_url} answered 404 for "
+            f"/dm/session/{session_id}: the server has no Data Manager plugin (a stock Girder "
+            "does not), or no such session. Use a session file instead."
+        ) from None
+    except WtfsError as exc:
+        raise ConfigError(f"session {session_id}: {exc.cause}") from None
+    return parse_session(data, session_id=session_id, origin=f"girder:{session_id}")

@@ -1,0 +1,124 @@
+"""The human view of `wtfs status`: rich tables, and a live `--watch` screen."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from wtfs.cache.index import TransferStatus
+from wtfs.config import Config, format_size
+from wtfs.status.report import Report, gather
+
+STATUS_STYLE = {
+    TransferStatus.INITIALIZING: "dim",
+    TransferStatus.QUEUED: "yellow",
+    TransferStatus.TRANSFERRING: "cyan",
+    TransferStatus.DONE: "green",
+    TransferStatus.FAILED: "bold red",
+}
+
+
+def _eta(t: dict[str, object]) -> str:
+    rate = float(t["rate"])  # type: ignore[arg-type]
+    left = int(t["size"]) - int(t["transferred"])  # type: ignore[call-overload]
+    if t["status"] != TransferStatus.TRANSFERRING or rate <= 0 or left <= 0:
+        return ""
+    return f"{left / rate:.0f}s"
+
+
+def build(report: Report) -> Group:
+    s = report.store
+    capacity = max(1, int(s["capacity"]))
+    usage_bar = ProgressBar(total=capacity, completed=int(s["usage"]), width=40)
+    header = Table.grid(padding=(0, 1))
+    header.add_row(
+        Text("store", style="bold"), Text(str(s["path"])), usage_bar,
+        Text(f"{format_size(s['usage'])} / {format_size(capacity)} "
+             f"({100 * int(s['usage']) / capacity:.0f}%)"),
+    )  # fmt: skip
+    header.add_row(
+        "", Text(f"{s['entries']} files ({s['complete']} complete), "
+                 f"{format_size(s['reserved'])} reserved in flight", style="dim"),
+        Text(f"GC starts at {format_size(s['gcStartBytes'])} "
+             f"({100 * float(s['gcStartFraction']):.0f}%), stops at "
+             f"{format_size(s['gcEndBytes'])} ({100 * float(s['gcEndFraction']):.0f}%)", style="dim"),
+        "",
+    )  # fmt: skip
+    t = report.totals
+    hits, misses = t.get("hits", 0), t.get("misses", 0)
+    header.add_row(
+        "", Text(f"reads: {hits} hits, {misses} misses; served {format_size(t.get('bytes_from_store', 0))}, "
+                 f"fetched {format_size(t.get('bytes_from_network', 0))}", style="dim"), "", "",
+    )  # fmt: skip
+
+    mounts = Table(title="mounts", title_justify="left", expand=True)
+    for col in ("mountpoint", "session", "pid", "since", "hits/misses"):
+        mounts.add_column(col)
+    for m in report.mounts:
+        stats = m["stats"]
+        mounts.add_row(m["mountpoint"], f"{m['sessionId']} ({m['origin']})", str(m["pid"]),
+                       str(m["started"])[:19], f"{stats.get('hits', 0)}/{stats.get('misses', 0)}")  # fmt: skip
+    if not report.mounts:
+        mounts.add_row(Text("no mount running", style="dim"), "", "", "", "")
+
+    transfers = Table(title="transfers", title_justify="left", expand=True)
+    for col in ("id", "path", "status", "progress", "size", "rate", "ETA", "error"):
+        transfers.add_column(col, overflow="fold")
+    for tr in report.transfers[-30:]:
+        status = TransferStatus(tr["status"])
+        size = max(1, int(tr["size"]))
+        transfers.add_row(
+            str(tr["_id"]), tr["path"], Text(status.name, style=STATUS_STYLE[status]),
+            ProgressBar(total=size, completed=int(tr["transferred"]), width=20),
+            f"{format_size(tr['transferred'])} / {format_size(tr['size'])}",
+            f"{format_size(tr['rate'])}/s" if tr["rate"] else "", _eta(tr), tr["error"] or "",
+        )  # fmt: skip
+    if not report.transfers:
+        transfers.add_row("", Text("no recent transfers (--all shows history)", style="dim"),
+                          "", "", "", "", "", "")  # fmt: skip
+
+    locks = Table(title="locks", title_justify="left", expand=True)
+    for col in ("session", "item", "path", "pid", "live"):
+        locks.add_column(col)
+    for lock in report.locks:
+        locks.add_row(lock["sessionId"], lock["itemId"], lock["path"] or "", str(lock["pid"]),
+                      "yes" if lock["alive"] else Text("dead (will be reclaimed)", style="red"))  # fmt: skip
+
+    parts: list[object] = [Panel(header, title="wtfs"), mounts, transfers, locks]
+    if report.evictions:
+        ev = Table(title="recent evictions", title_justify="left", expand=True)
+        for col in ("time", "path", "bytes", "reason"):
+            ev.add_column(col)
+        for e in report.evictions[:10]:
+            ev.add_row(str(e["time"])[:19], e["path"] or e["key"], format_size(e["bytes"]), e["reason"])
+        parts.append(ev)
+    if report.failures:
+        fl = Table(title="recent failures", title_justify="left", expand=True)
+        fl.add_column("time")
+        fl.add_column("cause", overflow="fold")
+        for f in report.failures[:10]:
+            fl.add_row(str(f["time"])[:19], f["cause"])
+        parts.append(fl)
+    return Group(*parts)  # type: ignore[arg-type]
+
+
+def render_table(report: Report, console: Console | None = None) -> None:
+    (console or Console()).print(build(report))
+
+
+def watch_table(config: Config, *, session_id: str | None, show_all: bool,
+                interval: float = 1.0) -> None:  # fmt: skip
+    console = Console()
+    with Live(console=console, refresh_per_second=4, screen=False) as live:
+        try:
+            while True:
+                live.update(build(gather(config, session_id=session_id, discard_old=not show_all)))
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return
