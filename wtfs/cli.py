@@ -49,8 +49,13 @@ def _config(ctx: click.Context) -> Config:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
-              help="Config file (default: $WTFS_CONFIG, ./wtfs.yaml, ~/.config/wtfs/wtfs.yaml).")  # fmt: skip
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Config file (default: $WTFS_CONFIG, ./wtfs.yaml, ~/.config/wtfs/wtfs.yaml).",
+)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, verbose: int) -> None:
@@ -68,8 +73,13 @@ def main(ctx: click.Context, config_path: str | None, verbose: int) -> None:
 @click.option("--ready-fd", type=int, hidden=True)
 @click.pass_context
 @guarded
-def mount(ctx: click.Context, args: tuple[str, ...], session_id: str | None, foreground: bool,
-          ready_fd: int | None) -> None:  # fmt: skip
+def mount(
+    ctx: click.Context,
+    args: tuple[str, ...],
+    session_id: str | None,
+    foreground: bool,
+    ready_fd: int | None,
+) -> None:
     """Mount a session (a YAML/JSON file, or --session-id) at MOUNTPOINT.
 
     Runs in the background by default and returns once the mount is ready, or fails with the
@@ -99,7 +109,11 @@ def mount(ctx: click.Context, args: tuple[str, ...], session_id: str | None, for
     def ready(error: WtfsError | None) -> None:
         outcome.append(error)
         if ready_fd is not None:
-            message = "OK\n" if error is None else f"ERR {2 if isinstance(error, ConfigError) else 1} {error.cause}\n"
+            message = (
+                "OK\n"
+                if error is None
+                else f"ERR {2 if isinstance(error, ConfigError) else 1} {error.cause}\n"
+            )
             os.write(ready_fd, message.encode())
             os.close(ready_fd)
         if error is not None:
@@ -117,11 +131,23 @@ def _mount_in_background(ctx: click.Context) -> None:
     if ctx.obj["config_path"]:
         argv += ["--config", ctx.obj["config_path"]]
     argv += ["-v"] * ctx.obj["verbose"]
-    argv += ["mount", "--foreground", "--ready-fd", str(write_fd), *sys.argv[sys.argv.index("mount") + 1:]]
+    argv += [
+        "mount",
+        "--foreground",
+        "--ready-fd",
+        str(write_fd),
+        *sys.argv[sys.argv.index("mount") + 1 :],
+    ]
     # The API key travels in the environment (as it came), never in argv.
     with open(os.devnull, "r+b") as devnull:
-        child = subprocess.Popen(argv, stdin=devnull, stdout=devnull, stderr=devnull,
-                                 pass_fds=(write_fd,), start_new_session=True)  # fmt: skip
+        child = subprocess.Popen(
+            argv,
+            stdin=devnull,
+            stdout=devnull,
+            stderr=devnull,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+        )
     os.close(write_fd)
     with os.fdopen(read_fd) as pipe:
         message = pipe.readline().strip()
@@ -146,8 +172,9 @@ def umount(mountpoint: str, lazy: bool) -> None:
     path = Path(mountpoint).absolute()
     if not os.path.ismount(path):
         raise ConfigError(f"{path}: not mounted")
-    result = subprocess.run(["fusermount3", "-u", *(["-z"] if lazy else []), str(path)],
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        ["fusermount3", "-u", *(["-z"] if lazy else []), str(path)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise WtfsError(f"{path}: {result.stderr.strip() or 'fusermount3 failed'}")
 
@@ -159,8 +186,9 @@ def umount(mountpoint: str, lazy: bool) -> None:
 @click.option("--watch", is_flag=True, help="Refresh live until Ctrl-C.")
 @click.pass_context
 @guarded
-def status(ctx: click.Context, as_json: bool, show_all: bool, session_id: str | None,
-           watch: bool) -> None:  # fmt: skip
+def status(
+    ctx: click.Context, as_json: bool, show_all: bool, session_id: str | None, watch: bool
+) -> None:
     """Store usage, mounts, transfers, locks and evictions (exit 3 if any transfer FAILED)."""
     from wtfs.status.report import gather
     from wtfs.status.view import render_table, watch_table
@@ -195,15 +223,21 @@ def gc(ctx: click.Context) -> None:
     index = store.open_index()
     report = collect(index, store, gc_policy(config), Owner.current("gc").owner_id)
     index.close()
-    click.echo(f"usage {format_size(report.usage_before)} → {format_size(report.usage_after)} of "
-               f"{format_size(config.private_storage_capacity)}; evicted {len(report.evicted)} "
-               f"entries ({format_size(report.freed)}); reclaimed {report.reclaimed} "
-               f"in {report.seconds * 1000:.0f} ms")  # fmt: skip
+    click.echo(
+        f"usage {format_size(report.usage_before)} → {format_size(report.usage_after)} of "
+        f"{format_size(config.private_storage_capacity)}; evicted {len(report.evicted)} "
+        f"entries ({format_size(report.freed)}); reclaimed {report.reclaimed} "
+        f"in {report.seconds * 1000:.0f} ms"
+    )
 
 
 @main.command()
-@click.option("--workdir", type=click.Path(file_okay=False), default=None,
-              help="Where the demo keeps its Girder and store (default: a temp dir).")  # fmt: skip
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the demo keeps its Girder and store (default: a temp dir).",
+)
 @click.option("--keep", is_flag=True, help="Leave Girder running and the session mounted.")
 @guarded
 def demo(workdir: str | None, keep: bool) -> None:
@@ -211,4 +245,3 @@ def demo(workdir: str | None, keep: bool) -> None:
     from wtfs.demo import run_demo
 
     run_demo(Path(workdir) if workdir else None, keep=keep)
-

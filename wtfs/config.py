@@ -22,12 +22,25 @@ DEFAULT_CONFIG_PATHS = (Path("wtfs.yaml"), Path("~/.config/wtfs/wtfs.yaml"), Pat
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024,
-    "m": 1000**2, "mb": 1000**2, "mi": 1024**2, "mib": 1024**2,
-    "g": 1000**3, "gb": 1000**3, "gi": 1024**3, "gib": 1024**3,
-    "t": 1000**4, "tb": 1000**4, "ti": 1024**4, "tib": 1024**4,
-}  # fmt: skip
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "ki": 1024,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "ti": 1024**4,
+    "tib": 1024**4,
+}
 
 
 class Secret:
@@ -114,8 +127,8 @@ class ProvidersConfig:
 
 @dataclass(frozen=True)
 class Config:
-    girder: GirderConfig = GirderConfig()
-    private_storage_path: Path = Path("~/.cache/wtfs").expanduser()
+    girder: GirderConfig = field(default_factory=GirderConfig)
+    private_storage_path: Path = field(default_factory=lambda: Path("~/.cache/wtfs").expanduser())
     private_storage_capacity: int = 10 * 1024**3
     gc_run_interval: float = 60.0
     gc_collect_start_fraction: float = 0.9
@@ -128,9 +141,9 @@ class Config:
     metrics_port: int | None = None
     log_file: Path | None = None
     log_level: str = "INFO"
-    mount: MountConfig = MountConfig()
-    network: NetworkConfig = NetworkConfig()
-    providers: ProvidersConfig = ProvidersConfig()
+    mount: MountConfig = field(default_factory=MountConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    providers: ProvidersConfig = field(default_factory=ProvidersConfig)
 
     @property
     def gc_start_bytes(self) -> int:
@@ -196,7 +209,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path}: expected a mapping of keys, got {type(data).__name__}"
+        )
     return data
 
 
@@ -228,8 +243,15 @@ def _section(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value
 
 
-def _number(raw: Mapping[str, Any], key: str, default: float, prefix: str = "",
-            *, minimum: float | None = None, integer: bool = False) -> Any:  # fmt: skip
+def _number(
+    raw: Mapping[str, Any],
+    key: str,
+    default: float,
+    prefix: str = "",
+    *,
+    minimum: float | None = None,
+    integer: bool = False,
+) -> Any:
     name = prefix + key
     if key not in raw or raw[key] is None:
         return default
@@ -270,7 +292,9 @@ def _build(raw: Mapping[str, Any], base: Path) -> Config:
     girder_raw = _section(raw, "girder")
     _check_keys(girder_raw, GirderConfig, "girder.")
     api_url = girder_raw.get("api_url")
-    if api_url is not None and not (isinstance(api_url, str) and api_url.startswith(("http://", "https://"))):
+    if api_url is not None and not (
+        isinstance(api_url, str) and api_url.startswith(("http://", "https://"))
+    ):
         raise ConfigError(f"girder.api_url: expected an http(s) URL, got {api_url!r}")
     key_file = girder_raw.get("api_key_file")
     girder = GirderConfig(
@@ -278,8 +302,10 @@ def _build(raw: Mapping[str, Any], base: Path) -> Config:
         api_key_file=_path(key_file, "girder.api_key_file", base) if key_file else None,
     )
 
-    capacity = parse_size(raw.get("private_storage_capacity", Config.private_storage_capacity),
-                          "private_storage_capacity")  # fmt: skip
+    capacity = parse_size(
+        raw.get("private_storage_capacity", Config.private_storage_capacity),
+        "private_storage_capacity",
+    )
     if capacity <= 0:
         raise ConfigError(f"private_storage_capacity: must be positive, got {capacity}")
     block_size = parse_size(raw.get("block_size", Config.block_size), "block_size")
@@ -292,7 +318,8 @@ def _build(raw: Mapping[str, Any], base: Path) -> Config:
             raise ConfigError(f"{key}: must be in (0, 1], got {frac}")
     if start < end:
         raise ConfigError(
-            f"gc_collect_start_fraction: must not be below gc_collect_end_fraction ({start} < {end})"
+            "gc_collect_start_fraction: must not be below gc_collect_end_fraction "
+            f"({start} < {end})"
         )
     metrics_port = raw.get("metrics_port")
     if metrics_port is not None:
@@ -305,17 +332,23 @@ def _build(raw: Mapping[str, Any], base: Path) -> Config:
 
     return Config(
         girder=girder,
-        private_storage_path=_path(raw.get("private_storage_path", str(Config.private_storage_path)),
-                                   "private_storage_path", base),  # fmt: skip
+        private_storage_path=_path(
+            raw.get("private_storage_path", "~/.cache/wtfs"),
+            "private_storage_path",
+            base,
+        ),
         private_storage_capacity=capacity,
         gc_run_interval=_number(raw, "gc_run_interval", Config.gc_run_interval, minimum=0.05),
         gc_collect_start_fraction=start,
         gc_collect_end_fraction=end,
         block_size=block_size,
         readahead_blocks=_number(raw, "readahead_blocks", 8, integer=True, minimum=0),
-        max_concurrent_transfers=_number(raw, "max_concurrent_transfers", 8, integer=True, minimum=1),
-        transfer_history_max_count=_number(raw, "transfer_history_max_count", 10_000,
-                                           integer=True, minimum=1),  # fmt: skip
+        max_concurrent_transfers=_number(
+            raw, "max_concurrent_transfers", 8, integer=True, minimum=1
+        ),
+        transfer_history_max_count=_number(
+            raw, "transfer_history_max_count", 10_000, integer=True, minimum=1
+        ),
         transfer_history_max_age_days=_number(raw, "transfer_history_max_age_days", 7.0, minimum=0),
         metrics_port=metrics_port,
         log_file=_path(raw["log_file"], "log_file", base) if raw.get("log_file") else None,
@@ -329,11 +362,17 @@ def _build(raw: Mapping[str, Any], base: Path) -> Config:
 def _build_mount(raw: Mapping[str, Any]) -> MountConfig:
     _check_keys(raw, MountConfig, "mount.")
     p = "mount."
-    uid = _number(raw, "uid", -1, p, integer=True, minimum=0) if raw.get("uid") is not None else None
-    gid = _number(raw, "gid", -1, p, integer=True, minimum=0) if raw.get("gid") is not None else None
+    uid = (
+        _number(raw, "uid", -1, p, integer=True, minimum=0) if raw.get("uid") is not None else None
+    )
+    gid = (
+        _number(raw, "gid", -1, p, integer=True, minimum=0) if raw.get("gid") is not None else None
+    )
     umask = _number(raw, "umask", 0o022, p, integer=True, minimum=0)
     if umask > 0o777:
-        raise ConfigError(f"mount.umask: expected an octal mode such as 0o022, got {raw['umask']!r}")
+        raise ConfigError(
+            f"mount.umask: expected an octal mode such as 0o022, got {raw['umask']!r}"
+        )
     return MountConfig(
         allow_other=_bool(raw, "allow_other", False, p),
         uid=uid,
@@ -370,7 +409,8 @@ def _build_providers(raw: Mapping[str, Any], base: Path) -> ProvidersConfig:
         roots.append(root)
     headers = raw.get("http_headers", {}) or {}
     if not isinstance(headers, dict) or not all(
-        isinstance(h, dict) and all(isinstance(v, str) for v in h.values()) for h in headers.values()
+        isinstance(h, dict) and all(isinstance(v, str) for v in h.values())
+        for h in headers.values()
     ):
         raise ConfigError("providers.http_headers: expected {host: {Header: value}}")
     options = {k: v for k, v in raw.items() if k not in ("allowed_local_roots", "http_headers")}

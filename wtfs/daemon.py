@@ -48,9 +48,12 @@ class MountRequest:
 def make_girder(config: Config) -> GirderClient | None:
     if config.girder.api_url is None:
         return None
-    return GirderClient(config.girder.api_url, config.girder.api_key,
-                        connect_timeout=config.network.connect_timeout,
-                        read_timeout=config.network.read_timeout)  # fmt: skip
+    return GirderClient(
+        config.girder.api_url,
+        config.girder.api_key,
+        connect_timeout=config.network.connect_timeout,
+        read_timeout=config.network.read_timeout,
+    )
 
 
 def provider_settings(config: Config) -> ProviderSettings:
@@ -65,13 +68,20 @@ def provider_settings(config: Config) -> ProviderSettings:
 
 def retry_policy(config: Config) -> RetryPolicy:
     net = config.network
-    return RetryPolicy(attempts=net.retry_attempts, base_delay=net.retry_base_delay,
-                       max_delay=net.retry_max_delay, deadline=net.read_deadline)  # fmt: skip
+    return RetryPolicy(
+        attempts=net.retry_attempts,
+        base_delay=net.retry_base_delay,
+        max_delay=net.retry_max_delay,
+        deadline=net.read_deadline,
+    )
 
 
 def gc_policy(config: Config) -> GcPolicy:
-    return GcPolicy(config.private_storage_capacity, config.gc_collect_start_fraction,
-                    config.gc_collect_end_fraction)  # fmt: skip
+    return GcPolicy(
+        config.private_storage_capacity,
+        config.gc_collect_start_fraction,
+        config.gc_collect_end_fraction,
+    )
 
 
 def check_mountpoint(mountpoint: Path) -> None:
@@ -80,10 +90,14 @@ def check_mountpoint(mountpoint: Path) -> None:
         os.stat(mountpoint)
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
-            log.warning("%s: a dead FUSE mount is there (transport endpoint is not connected): "
-                        "unmounting it", mountpoint)  # fmt: skip
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
-                           capture_output=True)  # fmt: skip
+            log.warning(
+                "%s: a dead FUSE mount is there (transport endpoint is not connected): "
+                "unmounting it",
+                mountpoint,
+            )
+            subprocess.run(
+                ["fusermount3", "-u", "-z", str(mountpoint)], check=False, capture_output=True
+            )
         elif exc.errno == errno.ENOENT:
             raise ConfigError(f"mountpoint {mountpoint}: no such directory") from None
         else:
@@ -118,8 +132,9 @@ async def load_session(request: MountRequest, girder: GirderClient | None) -> Se
     return await fetch_session(girder, request.session_id)
 
 
-async def serve(config: Config, request: MountRequest,
-                ready: Callable[[WtfsError | None], None]) -> None:  # fmt: skip
+async def serve(
+    config: Config, request: MountRequest, ready: Callable[[WtfsError | None], None]
+) -> None:
     """Mount and serve until unmounted or signalled. Calls `ready` once, with None or the error."""
     mountpoint = request.mountpoint.resolve()
     store = Store(config.private_storage_path)
@@ -142,33 +157,61 @@ async def serve(config: Config, request: MountRequest,
     await _serve_mounted(config, session, tree, store, girder, mountpoint, ready)
 
 
-async def _serve_mounted(config: Config, session: Session, tree: Tree, store: Store,
-                         girder: GirderClient | None, mountpoint: Path,
-                         ready: Callable[[WtfsError | None], None]) -> None:  # fmt: skip
+async def _serve_mounted(
+    config: Config,
+    session: Session,
+    tree: Tree,
+    store: Store,
+    girder: GirderClient | None,
+    mountpoint: Path,
+    ready: Callable[[WtfsError | None], None],
+) -> None:
     index = store.open_index()
     owner = Owner.current("mount")
     store.recover(index)
-    index.register_owner(owner, "mount", mountpoint=str(mountpoint), session_id=session.session_id,
-                         session_origin=session.origin)  # fmt: skip
+    index.register_owner(
+        owner,
+        "mount",
+        mountpoint=str(mountpoint),
+        session_id=session.session_id,
+        session_origin=session.origin,
+    )
     stats = Stats()
     providers = ProviderRegistry(provider_settings(config), girder)
-    gc = GcScheduler(AsyncIndex(index), store, gc_policy(config), owner.owner_id,
-                     config.gc_run_interval, stats,
-                     (config.transfer_history_max_count, config.transfer_history_max_age_days))  # fmt: skip
+    gc = GcScheduler(
+        AsyncIndex(index),
+        store,
+        gc_policy(config),
+        owner.owner_id,
+        config.gc_run_interval,
+        stats,
+        (config.transfer_history_max_count, config.transfer_history_max_age_days),
+    )
     manager = CacheManager(
-        store, index, owner, providers,
-        CacheSettings(config.private_storage_capacity, config.block_size, config.readahead_blocks,
-                      config.max_concurrent_transfers, config.network.read_deadline,
-                      retry_policy(config)),
-        session_id=session.session_id, mountpoint=str(mountpoint), make_room=gc.make_room,
+        store,
+        index,
+        owner,
+        providers,
+        CacheSettings(
+            config.private_storage_capacity,
+            config.block_size,
+            config.readahead_blocks,
+            config.max_concurrent_transfers,
+            config.network.read_deadline,
+            retry_policy(config),
+        ),
+        session_id=session.session_id,
+        mountpoint=str(mountpoint),
+        make_room=gc.make_room,
         stats=stats,
-    )  # fmt: skip
+    )
     look = Presentation(
         uid=config.mount.uid if config.mount.uid is not None else os.getuid(),
         gid=config.mount.gid if config.mount.gid is not None else os.getgid(),
-        umask=config.mount.umask, entry_timeout=config.mount.entry_timeout,
+        umask=config.mount.umask,
+        entry_timeout=config.mount.entry_timeout,
         attr_timeout=config.mount.attr_timeout,
-    )  # fmt: skip
+    )
     options = set(pyfuse3.default_options) | {"fsname=wtfs", "subtype=wtfs", "ro"}
     if config.mount.allow_other:
         options.add("allow_other")
@@ -185,11 +228,13 @@ async def _serve_mounted(config: Config, session: Session, tree: Tree, store: St
             await nursery.start(manager.run)
             await nursery.start(gc.run)
             nursery.start_soon(_on_signals)
-            nursery.start_soon(trio.to_thread.run_sync, set_read_ahead, mountpoint,
-                               config.mount.read_ahead_kb)  # fmt: skip
+            nursery.start_soon(
+                trio.to_thread.run_sync, set_read_ahead, mountpoint, config.mount.read_ahead_kb
+            )
             ready(None)
             await pyfuse3.main()
-            unmount = os.path.ismount(mountpoint)
+            # main() returns after an external `fusermount3 -u` too: then there is nothing to undo.
+            unmount = await trio.to_thread.run_sync(os.path.ismount, mountpoint)
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):

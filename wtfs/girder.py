@@ -81,7 +81,11 @@ class GirderClient:
         if self._api_key is None:
             raise AccessDenied("Girder refused the request and no API key is configured")
         async with self._token_lock:
-            if self._token is not None and self._token != stale and time.time() < self._token_expires:
+            if (
+                self._token is not None
+                and self._token != stale
+                and time.time() < self._token_expires
+            ):
                 return
             try:
                 response = await self._http.post(
@@ -188,8 +192,12 @@ class GirderClient:
         except (NotFound, _BadRequest):
             raise NotFound(f"no Girder item or folder with id {object_id!r}") from None
 
-    def list_folders(self, parent_id: str, parent_type: str = "folder") -> AsyncIterator[dict[str, Any]]:
-        return self.paged("folder", {"parentId": parent_id, "parentType": parent_type, "sort": "_id"})
+    def list_folders(
+        self, parent_id: str, parent_type: str = "folder"
+    ) -> AsyncIterator[dict[str, Any]]:
+        return self.paged(
+            "folder", {"parentId": parent_id, "parentType": parent_type, "sort": "_id"}
+        )
 
     def list_items(self, folder_id: str) -> AsyncIterator[dict[str, Any]]:
         return self.paged("item", {"folderId": folder_id, "sort": "_id"})

@@ -34,7 +34,9 @@ def setup_logging(config: Config, verbose: int = 0, log_file: Path | None = None
         handler: logging.Handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
     else:
         handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    )
     secrets = [config.girder.api_key.reveal()] if config.girder.api_key else []
     handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()

@@ -77,7 +77,9 @@ def posix_names(children: Sequence[tuple[str, str]]) -> list[str]:
             continue
         object_id = children[i][1]
         for width in range(8, len(object_id) + 9):
-            suffix = "~" + (object_id[-width:] if width <= len(object_id) else f"{object_id}{width}")
+            suffix = "~" + (
+                object_id[-width:] if width <= len(object_id) else f"{object_id}{width}"
+            )
             candidate = _fit(escaped[i], children[i][0], suffix)
             if candidate not in taken:
                 break

@@ -88,8 +88,10 @@ def load_session_file(path: str | Path) -> Session:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"session file {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                          f"{str(exc).splitlines()[0]}") from None  # fmt: skip
+        raise ConfigError(
+            f"session file {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
     return parse_session(data, session_id=path.stem, origin=f"file:{path.resolve()}")
 
 

@@ -6,6 +6,7 @@ the tree is read-only, so `getattr`/`lookup` never cost a round trip after that.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 
 import trio
 
+from wtfs.concurrency import run_all
 from wtfs.errors import WtfsError
 from wtfs.girder import GirderClient
 from wtfs.names import posix_names
@@ -110,9 +112,7 @@ class Tree:
         async def resolve(item_id: str) -> None:
             resolved[item_id] = await girder.resolve(item_id)
 
-        async with trio.open_nursery() as nursery:
-            for entry in session.data_set:
-                nursery.start_soon(resolve, entry.item_id)
+        await run_all([functools.partial(resolve, e.item_id) for e in session.data_set])
         for entry in session.data_set:
             parent = self.root
             for part in entry.parts[:-1]:
@@ -121,8 +121,13 @@ class Tree:
             name = entry.parts[-1]
             node: Node
             if kind == "folder":
-                node = DirNode(self._next(), name, girder_time_ns(document), parent,
-                               folder_id=str(document["_id"]))  # fmt: skip
+                node = DirNode(
+                    self._next(),
+                    name,
+                    girder_time_ns(document),
+                    parent,
+                    folder_id=str(document["_id"]),
+                )
             else:
                 files = [f async for f in girder.list_files(str(document["_id"]))]
                 node = self._item_node(document, files, name, parent)
@@ -146,8 +151,8 @@ class Tree:
         meta = item.get("meta") or {}
         if "phys_path" in meta:
             return self._phys_node(item_id, meta, name, mtime, parent)
-        if len(files) == 1:
-            return self._girder_file_node(item_id, files[0], name, parent)
+        if len(files) == 1:  # the item is what is shown: its modification time is the item's
+            return self._girder_file_node(item_id, files[0], name, parent, mtime)
         # Zero files: an empty directory; several: a directory of its files.
         directory = DirNode(self._next(), name, mtime, parent, children={})
         names = posix_names([(str(f.get("name", "")), str(f["_id"])) for f in files])
@@ -157,16 +162,32 @@ class Tree:
             directory.children[posix_name] = self._register(child)
         return directory
 
-    def _girder_file_node(self, item_id: str, doc: dict[str, Any], name: str, parent: DirNode) -> FileNode:
+    def _girder_file_node(
+        self,
+        item_id: str,
+        doc: dict[str, Any],
+        name: str,
+        parent: DirNode,
+        mtime: int | None = None,
+    ) -> FileNode:
         file_id = str(doc["_id"])
         size = int(doc.get("size") or 0)
         checksum = f"sha512:{doc['sha512']}" if isinstance(doc.get("sha512"), str) else None
         source = Source(f"girder://file/{file_id}", size, checksum, label=str(doc.get("name", "")))
-        return FileNode(self._next(), name, girder_time_ns(doc), parent, size, item_id,
-                        f"girder:{file_id}", source)  # fmt: skip
+        return FileNode(
+            self._next(),
+            name,
+            mtime or girder_time_ns(doc),
+            parent,
+            size,
+            item_id,
+            f"girder:{file_id}",
+            source,
+        )
 
-    def _phys_node(self, item_id: str, meta: dict[str, Any], name: str, mtime: int,
-                   parent: DirNode) -> FileNode:  # fmt: skip
+    def _phys_node(
+        self, item_id: str, meta: dict[str, Any], name: str, mtime: int, parent: DirNode
+    ) -> FileNode:
         phys = str(meta["phys_path"])
         error = None
         size = meta.get("size")
@@ -181,8 +202,9 @@ class Tree:
             algo, digest = next(iter(checksum.items()))
             checksum = f"{algo}:{digest}"
         source = Source(url, size, checksum if isinstance(checksum, str) else None, label=name)
-        return FileNode(self._next(), name, mtime, parent, size, item_id, f"item:{item_id}",
-                        source, error=error)  # fmt: skip
+        return FileNode(
+            self._next(), name, mtime, parent, size, item_id, f"item:{item_id}", source, error=error
+        )
 
     # -- lazy folders -------------------------------------------------------------------------
 
@@ -201,29 +223,38 @@ class Tree:
         folders = [f async for f in girder.list_folders(node.folder_id)]
         items = [i async for i in girder.list_items(node.folder_id)]
         files: dict[str, list[dict[str, Any]]] = {}
-        limiter = trio.CapacityLimiter(LISTING_CONCURRENCY)
 
-        async def list_files(item: dict[str, Any]) -> None:
-            if "phys_path" in (item.get("meta") or {}):
-                return
-            async with limiter:
-                files[str(item["_id"])] = [f async for f in girder.list_files(str(item["_id"]))]
+        async def list_files(item_id: str) -> None:
+            files[item_id] = [f async for f in girder.list_files(item_id)]
 
-        async with trio.open_nursery() as nursery:
-            for item in items:
-                nursery.start_soon(list_files, item)
+        await run_all(
+            [
+                functools.partial(list_files, str(i["_id"]))
+                for i in items
+                if "phys_path" not in (i.get("meta") or {})
+            ],
+            LISTING_CONCURRENCY,
+        )
         objects = [(str(f.get("name", "")), str(f["_id"])) for f in folders]
         objects += [(str(i.get("name", "")), str(i["_id"])) for i in items]
         names = posix_names(objects)
         children: dict[str, Node] = {}
         for name, folder in zip(names, folders, strict=False):
-            children[name] = self._register(DirNode(self._next(), name, girder_time_ns(folder), node,
-                                                    folder_id=str(folder["_id"])))  # fmt: skip
-        for name, item in zip(names[len(folders):], items, strict=True):
+            children[name] = self._register(
+                DirNode(
+                    self._next(), name, girder_time_ns(folder), node, folder_id=str(folder["_id"])
+                )
+            )
+        for name, item in zip(names[len(folders) :], items, strict=True):
             child = self._item_node(item, files.get(str(item["_id"]), []), name, node)
             children[name] = self._register(child)
-        log.info("listed %s: %d folders, %d items in %.2fs", node.path, len(folders), len(items),
-                 time.monotonic() - started)  # fmt: skip
+        log.info(
+            "listed %s: %d folders, %d items in %.2fs",
+            node.path,
+            len(folders),
+            len(items),
+            time.monotonic() - started,
+        )
         return children
 
     def _need_girder(self) -> GirderClient:

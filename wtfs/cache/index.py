@@ -176,8 +176,9 @@ class Index:
     def __init__(self, path: Path, *, timeout: float = 30.0) -> None:
         self.path = path
         # check_same_thread=False: async callers run us on worker threads, one at a time.
-        self._db = sqlite3.connect(str(path), timeout=timeout, isolation_level=None,
-                                   check_same_thread=False)  # fmt: skip
+        self._db = sqlite3.connect(
+            str(path), timeout=timeout, isolation_level=None, check_same_thread=False
+        )
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives a process crash; only an OS crash can lose the
@@ -207,16 +208,33 @@ class Index:
 
     # -- owners -------------------------------------------------------------------------------
 
-    def register_owner(self, owner: Owner, kind: str, *, mountpoint: str | None = None,
-                       session_id: str | None = None, session_origin: str | None = None) -> None:  # fmt: skip
+    def register_owner(
+        self,
+        owner: Owner,
+        kind: str,
+        *,
+        mountpoint: str | None = None,
+        session_id: str | None = None,
+        session_origin: str | None = None,
+    ) -> None:
         now = time.time()
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO owners (owner_id, pid, pid_start, host, kind, mountpoint,"
                 " session_id, session_origin, started, heartbeat) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (owner.owner_id, owner.pid, owner.pid_start, owner.host, kind, mountpoint,
-                 session_id, session_origin, now, now),
-            )  # fmt: skip
+                (
+                    owner.owner_id,
+                    owner.pid,
+                    owner.pid_start,
+                    owner.host,
+                    kind,
+                    mountpoint,
+                    session_id,
+                    session_origin,
+                    now,
+                    now,
+                ),
+            )
 
     def unregister_owner(self, owner_id: str) -> None:
         """A clean exit: drop the owner's locks and claims with it."""
@@ -225,22 +243,33 @@ class Index:
             db.execute("DELETE FROM claims WHERE owner_id = ?", (owner_id,))
             row = db.execute("SELECT stats FROM owners WHERE owner_id = ?", (owner_id,)).fetchone()
             if row is not None:  # keep its counters in the store-wide totals
-                totals = json.loads((db.execute("SELECT v FROM meta WHERE k = 'totals'").fetchone()
-                                     or ["{}"])[0])  # fmt: skip
+                totals = json.loads(
+                    (db.execute("SELECT v FROM meta WHERE k = 'totals'").fetchone() or ["{}"])[0]
+                )
                 for key, value in json.loads(row["stats"]).items():
                     totals[key] = totals.get(key, 0) + value
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('totals', ?)", (json.dumps(totals),))
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('totals', ?)", (json.dumps(totals),)
+                )
             db.execute("DELETE FROM owners WHERE owner_id = ?", (owner_id,))
 
-    def heartbeat(self, owner: Owner, stats: Mapping[str, int], atimes: Mapping[str, float]) -> None:
+    def heartbeat(
+        self, owner: Owner, stats: Mapping[str, int], atimes: Mapping[str, float]
+    ) -> None:
         now = time.time()
         with self.transaction() as db:
-            db.execute("UPDATE owners SET heartbeat = ?, stats = ? WHERE owner_id = ?",
-                       (now, json.dumps(dict(stats)), owner.owner_id))  # fmt: skip
-            db.execute("UPDATE claims SET expires = ? WHERE owner_id = ?",
-                       (now + CLAIM_LEASE, owner.owner_id))  # fmt: skip
-            db.executemany("UPDATE entries SET atime = MAX(atime, ?) WHERE key = ?",
-                           [(t, k) for k, t in atimes.items()])  # fmt: skip
+            db.execute(
+                "UPDATE owners SET heartbeat = ?, stats = ? WHERE owner_id = ?",
+                (now, json.dumps(dict(stats)), owner.owner_id),
+            )
+            db.execute(
+                "UPDATE claims SET expires = ? WHERE owner_id = ?",
+                (now + CLAIM_LEASE, owner.owner_id),
+            )
+            db.executemany(
+                "UPDATE entries SET atime = MAX(atime, ?) WHERE key = ?",
+                [(t, k) for k, t in atimes.items()],
+            )
 
     def reclaim_dead(self) -> dict[str, int]:
         """Delete locks, claims and owner rows whose process is gone. Returns counts."""
@@ -256,7 +285,9 @@ class Index:
             counts["claims"] += expired
             # Transfers left TRANSFERRING/QUEUED by a dead owner will never finish.
             live = {r[0] for r in db.execute("SELECT owner_id FROM owners")}
-            stuck = db.execute("SELECT id, owner_id FROM transfers WHERE status IN (0, 1, 2)").fetchall()
+            stuck = db.execute(
+                "SELECT id, owner_id FROM transfers WHERE status IN (0, 1, 2)"
+            ).fetchall()
             orphaned = [(now, r["id"]) for r in stuck if r["owner_id"] not in live]
             db.executemany(
                 "UPDATE transfers SET status = 4, end_time = ?, "
@@ -268,15 +299,30 @@ class Index:
 
     # -- locks --------------------------------------------------------------------------------
 
-    def acquire_lock(self, item_id: str, session_id: str, owner: Owner, *,
-                     mountpoint: str | None = None, path: str | None = None) -> int:  # fmt: skip
+    def acquire_lock(
+        self,
+        item_id: str,
+        session_id: str,
+        owner: Owner,
+        *,
+        mountpoint: str | None = None,
+        path: str | None = None,
+    ) -> int:
         with self.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO locks (item_id, session_id, owner_id, pid, pid_start, mountpoint,"
                 " path, created) VALUES (?,?,?,?,?,?,?,?)",
-                (item_id, session_id, owner.owner_id, owner.pid, owner.pid_start, mountpoint,
-                 path, time.time()),
-            )  # fmt: skip
+                (
+                    item_id,
+                    session_id,
+                    owner.owner_id,
+                    owner.pid,
+                    owner.pid_start,
+                    mountpoint,
+                    path,
+                    time.time(),
+                ),
+            )
             assert cursor.lastrowid is not None
             return cursor.lastrowid
 
@@ -285,8 +331,11 @@ class Index:
             db.execute("DELETE FROM locks WHERE id = ?", (lock_id,))
 
     def lock_count(self, item_id: str) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM locks WHERE item_id = ?",
-                                    (item_id,)).fetchone()[0])  # fmt: skip
+        return int(
+            self._db.execute("SELECT COUNT(*) FROM locks WHERE item_id = ?", (item_id,)).fetchone()[
+                0
+            ]
+        )
 
     # -- entries ------------------------------------------------------------------------------
 
@@ -294,8 +343,9 @@ class Index:
         row = self._db.execute("SELECT * FROM entries WHERE key = ?", (key,)).fetchone()
         return _entry(row) if row else None
 
-    def ensure_entry(self, key: str, item_id: str, size: int, checksum: str | None,
-                     source: str, path: str) -> EntryRow:  # fmt: skip
+    def ensure_entry(
+        self, key: str, item_id: str, size: int, checksum: str | None, source: str, path: str
+    ) -> EntryRow:
         """The entry for `key`, created empty if missing (a new unique file name each time)."""
         with self.transaction() as db:
             row = db.execute("SELECT * FROM entries WHERE key = ?", (key,)).fetchone()
@@ -332,8 +382,9 @@ class Index:
                 return Reservation(ranges=ranges)
             for claim in db.execute(
                 "SELECT id, owner_id, pid, pid_start, expires FROM claims"
-                " WHERE key = ? AND start < ? AND end > ?", (key, end, start),
-            ).fetchall():  # fmt: skip
+                " WHERE key = ? AND start < ? AND end > ?",
+                (key, end, start),
+            ).fetchall():
                 if claim["expires"] < now or not is_alive(claim["pid"], claim["pid_start"]):
                     db.execute("DELETE FROM claims WHERE id = ?", (claim["id"],))
                 elif claim["owner_id"] != owner.owner_id:
@@ -344,13 +395,22 @@ class Index:
             cursor = db.execute(
                 "INSERT INTO claims (key, start, end, bytes, owner_id, pid, pid_start, expires)"
                 " VALUES (?,?,?,?,?,?,?,?)",
-                (key, start, end, needed, owner.owner_id, owner.pid, owner.pid_start,
-                 now + CLAIM_LEASE),
-            )  # fmt: skip
+                (
+                    key,
+                    start,
+                    end,
+                    needed,
+                    owner.owner_id,
+                    owner.pid,
+                    owner.pid_start,
+                    now + CLAIM_LEASE,
+                ),
+            )
             return Reservation(claim_id=cursor.lastrowid, ranges=ranges, usage=usage + needed)
 
-    def commit_range(self, claim_id: int, key: str, start: int, end: int,
-                     transfer: tuple[int, int] | None = None) -> Ranges:  # fmt: skip
+    def commit_range(
+        self, claim_id: int, key: str, start: int, end: int, transfer: tuple[int, int] | None = None
+    ) -> Ranges:
         """The bytes of [start, end) are in the store file: record them, free the claim.
 
         `transfer` = (transfer id, bytes transferred so far) is written in the same transaction.
@@ -359,14 +419,17 @@ class Index:
             row = db.execute("SELECT ranges FROM entries WHERE key = ?", (key,)).fetchone()
             db.execute("DELETE FROM claims WHERE id = ?", (claim_id,))
             if transfer is not None:
-                db.execute("UPDATE transfers SET transferred = ? WHERE id = ?",
-                           (transfer[1], transfer[0]))  # fmt: skip
+                db.execute(
+                    "UPDATE transfers SET transferred = ? WHERE id = ?", (transfer[1], transfer[0])
+                )
             if row is None:  # evicted meanwhile (cannot happen while we hold a lock)
                 return Ranges()
             ranges = Ranges.from_json(row["ranges"])
             ranges.insert(start, end)
-            db.execute("UPDATE entries SET ranges = ?, present = ?, atime = ? WHERE key = ?",
-                       (ranges.to_json(), ranges.total, time.time(), key))  # fmt: skip
+            db.execute(
+                "UPDATE entries SET ranges = ?, present = ?, atime = ? WHERE key = ?",
+                (ranges.to_json(), ranges.total, time.time(), key),
+            )
             return ranges
 
     def release_claim(self, claim_id: int) -> None:
@@ -383,8 +446,10 @@ class Index:
             row = db.execute("SELECT ranges FROM entries WHERE key = ?", (key,)).fetchone()
             ranges = Ranges.from_json(row["ranges"] if row else "[]")
             ranges.remove(start, end)
-            db.execute("UPDATE entries SET ranges = ?, present = ?, complete = 0 WHERE key = ?",
-                       (ranges.to_json(), ranges.total, key))  # fmt: skip
+            db.execute(
+                "UPDATE entries SET ranges = ?, present = ?, complete = 0 WHERE key = ?",
+                (ranges.to_json(), ranges.total, key),
+            )
             return ranges
 
     def delete_entry(self, key: str, reason: str, by_owner: str) -> Evicted | None:
@@ -425,8 +490,11 @@ class Index:
             for row in rows:
                 if usage <= target_usage:
                     break
-                evicted.append(Evicted(row["key"], row["item_id"], row["file_name"], row["present"],
-                                       row["path"]))  # fmt: skip
+                evicted.append(
+                    Evicted(
+                        row["key"], row["item_id"], row["file_name"], row["present"], row["path"]
+                    )
+                )
                 usage -= row["present"]
             db.executemany("DELETE FROM entries WHERE key = ?", [(e.key,) for e in evicted])
             db.executemany(
@@ -442,21 +510,43 @@ class Index:
     def forget_missing(self, missing: Iterable[str]) -> int:
         """Drop entries whose file vanished (after a crash or a hand-deleted file)."""
         with self.transaction() as db:
-            return sum(db.execute("DELETE FROM entries WHERE file_name = ?", (name,)).rowcount
-                       for name in missing)  # fmt: skip
+            return sum(
+                db.execute("DELETE FROM entries WHERE file_name = ?", (name,)).rowcount
+                for name in missing
+            )
 
     # -- transfers ----------------------------------------------------------------------------
 
-    def transfer_create(self, *, key: str, item_id: str, path: str, session_id: str,
-                        owner_id: str, source: str, size: int, start_offset: int) -> int:  # fmt: skip
+    def transfer_create(
+        self,
+        *,
+        key: str,
+        item_id: str,
+        path: str,
+        session_id: str,
+        owner_id: str,
+        source: str,
+        size: int,
+        start_offset: int,
+    ) -> int:
         now = time.time()
         with self.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO transfers (key, item_id, path, session_id, owner_id, source, status,"
                 " size, start_offset, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (key, item_id, path, session_id, owner_id, source, int(TransferStatus.QUEUED),
-                 size, start_offset, now),
-            )  # fmt: skip
+                (
+                    key,
+                    item_id,
+                    path,
+                    session_id,
+                    owner_id,
+                    source,
+                    int(TransferStatus.QUEUED),
+                    size,
+                    start_offset,
+                    now,
+                ),
+            )
             assert cursor.lastrowid is not None
             return cursor.lastrowid
 
@@ -469,29 +559,43 @@ class Index:
 
     def record_failure(self, kind: str, key: str | None, cause: str, owner_id: str) -> None:
         with self.transaction() as db:
-            db.execute("INSERT INTO failures (time, kind, key, cause, owner_id) VALUES (?,?,?,?,?)",
-                       (time.time(), kind, key, cause, owner_id))  # fmt: skip
+            db.execute(
+                "INSERT INTO failures (time, kind, key, cause, owner_id) VALUES (?,?,?,?,?)",
+                (time.time(), kind, key, cause, owner_id),
+            )
 
     def prune_history(self, max_count: int, max_age_days: float) -> int:
         cutoff = time.time() - max_age_days * 86400
         with self.transaction() as db:
             removed = 0
-            for table, column in (("transfers", "created"), ("evictions", "time"),
-                                  ("failures", "time")):  # fmt: skip
+            for table, column in (
+                ("transfers", "created"),
+                ("evictions", "time"),
+                ("failures", "time"),
+            ):
                 active = " AND status IN (3, 4)" if table == "transfers" else ""
-                removed += db.execute(f"DELETE FROM {table} WHERE {column} < ?{active}",
-                                      (cutoff,)).rowcount  # fmt: skip
+                removed += db.execute(
+                    f"DELETE FROM {table} WHERE {column} < ?{active}", (cutoff,)
+                ).rowcount
                 removed += db.execute(
                     f"DELETE FROM {table} WHERE id <= (SELECT id FROM {table} ORDER BY id DESC"
-                    f" LIMIT 1 OFFSET ?){active}", (max_count,),
-                ).rowcount  # fmt: skip
+                    f" LIMIT 1 OFFSET ?){active}",
+                    (max_count,),
+                ).rowcount
             return removed
 
 
 def _entry(row: sqlite3.Row) -> EntryRow:
     return EntryRow(
-        key=row["key"], item_id=row["item_id"], file_name=row["file_name"], size=row["size"],
-        checksum=row["checksum"], source=row["source"], path=row["path"],
-        ranges=Ranges.from_json(row["ranges"]), present=row["present"],
-        complete=bool(row["complete"]), atime=row["atime"],
-    )  # fmt: skip
+        key=row["key"],
+        item_id=row["item_id"],
+        file_name=row["file_name"],
+        size=row["size"],
+        checksum=row["checksum"],
+        source=row["source"],
+        path=row["path"],
+        ranges=Ranges.from_json(row["ranges"]),
+        present=row["present"],
+        complete=bool(row["complete"]),
+        atime=row["atime"],
+    )

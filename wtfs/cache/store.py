@@ -71,10 +71,7 @@ class Store:
         return fd
 
     def unlink(self, file_name: str) -> None:
-        try:
-            self.path_of(file_name).unlink()
-        except FileNotFoundError:
-            pass
+        self.path_of(file_name).unlink(missing_ok=True)
 
     @staticmethod
     def punch_hole(fd: int, start: int, end: int) -> None:
@@ -120,10 +117,16 @@ class Store:
                     orphans += 1
                 except FileNotFoundError:
                     pass
-        present = {r["file_name"] for r in index.query("SELECT file_name FROM entries WHERE present > 0")}
+        present = {
+            r["file_name"] for r in index.query("SELECT file_name FROM entries WHERE present > 0")
+        }
         missing = present - on_disk
         dropped = index.forget_missing(missing) if missing else 0
         if orphans or dropped or any(reclaimed.values()):
-            log.info("store recovery: %d orphan files removed, %d lost entries dropped, reclaimed %s",
-                     orphans, dropped, reclaimed)  # fmt: skip
+            log.info(
+                "store recovery: %d orphan files removed, %d lost entries dropped, reclaimed %s",
+                orphans,
+                dropped,
+                reclaimed,
+            )
         return RecoveryReport(orphans, dropped, reclaimed)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
@@ -26,7 +26,7 @@ def to_errno(exc: BaseException) -> int:
     return errno.EIO
 
 
-def translated(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def translated(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Turn WtfsError (and any surprise) raised by a handler into a FUSEError with its errno."""
 
     @functools.wraps(handler)

@@ -34,7 +34,7 @@ class Presentation:
     attr_timeout: float = 300.0
 
 
-class Operations(pyfuse3.Operations):  # type: ignore[misc]
+class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
@@ -82,7 +82,9 @@ class Operations(pyfuse3.Operations):  # type: ignore[misc]
     # -- metadata -----------------------------------------------------------------------------
 
     @translated
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: Any = None
+    ) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
         text = os.fsdecode(name)
         if text == ".":
@@ -108,7 +110,9 @@ class Operations(pyfuse3.Operations):  # type: ignore[misc]
         children: Sequence[Node] = list((await self._children(self._node(fh))).values())
         for index in range(start_id, len(children)):
             child = children[index]
-            if not pyfuse3.readdir_reply(token, os.fsencode(child.name), self.attributes(child), index + 1):
+            if not pyfuse3.readdir_reply(
+                token, os.fsencode(child.name), self.attributes(child), index + 1
+            ):
                 return
 
     async def releasedir(self, fh: int) -> None:

@@ -45,8 +45,15 @@ class GcReport:
         return sum(e.bytes for e in self.evicted)
 
 
-def collect(index: Index, store: Store, policy: GcPolicy, owner_id: str, *,
-            needed: int = 0, force: bool = False) -> GcReport:  # fmt: skip
+def collect(
+    index: Index,
+    store: Store,
+    policy: GcPolicy,
+    owner_id: str,
+    *,
+    needed: int = 0,
+    force: bool = False,
+) -> GcReport:
     """One pass. `needed` > 0: a fetch is waiting for that many bytes (pressure)."""
     started = time.perf_counter()
     reclaimed = index.reclaim_dead()
@@ -65,6 +72,13 @@ def collect(index: Index, store: Store, policy: GcPolicy, owner_id: str, *,
     after = index.usage()
     report = GcReport(usage, after, evicted, reclaimed, time.perf_counter() - started)
     if evicted:
-        log.info("gc (%s): evicted %d entries, %d bytes; usage %d → %d of %d", reason,
-                 len(evicted), report.freed, usage, after, policy.capacity)  # fmt: skip
+        log.info(
+            "gc (%s): evicted %d entries, %d bytes; usage %d → %d of %d",
+            reason,
+            len(evicted),
+            report.freed,
+            usage,
+            after,
+            policy.capacity,
+        )
     return report

@@ -16,9 +16,16 @@ log = logging.getLogger(__name__)
 
 
 class GcScheduler:
-    def __init__(self, index: AsyncIndex, store: Store, policy: GcPolicy, owner_id: str,
-                 interval: float, stats: Stats | None = None,
-                 history: tuple[int, float] = (10_000, 7.0)) -> None:  # fmt: skip
+    def __init__(
+        self,
+        index: AsyncIndex,
+        store: Store,
+        policy: GcPolicy,
+        owner_id: str,
+        interval: float,
+        stats: Stats | None = None,
+        history: tuple[int, float] = (10_000, 7.0),
+    ) -> None:
         self.index = index
         self.store = store
         self.policy = policy
@@ -42,8 +49,9 @@ class GcScheduler:
 
     async def collect(self, needed: int = 0) -> GcReport:
         async with self._lock:
-            fn = functools.partial(collect, self.index.sync, self.store, self.policy,
-                                   self.owner_id, needed=needed)  # fmt: skip
+            fn = functools.partial(
+                collect, self.index.sync, self.store, self.policy, self.owner_id, needed=needed
+            )
             report = await self.index.run(fn)
             self.passes += 1
             self.stats.evictions += len(report.evicted)

@@ -69,7 +69,9 @@ class GirderProvider(Provider):
         except WtfsError:
             raise
         except httpx.TimeoutException as exc:
-            raise TransientError(f"{source.label}: Girder download timed out ({type(exc).__name__})") from None
+            raise TransientError(
+                f"{source.label}: Girder download timed out ({type(exc).__name__})"
+            ) from None
         except httpx.HTTPError as exc:
             raise TransientError(f"{source.label}: Girder download interrupted: {exc!r}") from None
 
@@ -82,7 +84,9 @@ class GirderProvider(Provider):
         if code == 404:
             raise NotFound(f"{label}: Girder has no such file (404)")
         if code == 416:
-            raise SizeMismatch(f"{label}: range {start}-{end - 1} is past the end of the file in Girder")
+            raise SizeMismatch(
+                f"{label}: range {start}-{end - 1} is past the end of the file in Girder"
+            )
         if code >= 500 and _girder_cannot_name(source.label):
             raise TransferFailed(
                 f"{label}: Girder answered {code}: it cannot serve files whose name has letters "
@@ -91,8 +95,10 @@ class GirderProvider(Provider):
             )
         if code == 429 or code >= 500:
             retry_after = response.headers.get("Retry-After", "")
-            raise TransientError(f"{label}: Girder answered {code}",
-                                 resume_after=float(retry_after) if retry_after.isdigit() else None)  # fmt: skip
+            raise TransientError(
+                f"{label}: Girder answered {code}",
+                resume_after=float(retry_after) if retry_after.isdigit() else None,
+            )
         if code == 200:
             total = response.headers.get("Content-Length")
             if source.size is not None and total is not None and int(total) != source.size:
@@ -105,12 +111,16 @@ class GirderProvider(Provider):
             raise TransferFailed(f"{label}: Girder sent 206 without a usable Content-Range")
         first, _last, total = int(match.group(1)), int(match.group(2)), match.group(3)
         if total != "*" and source.size is not None and int(total) != source.size:
-            raise SizeMismatch(f"{label}: Girder says the file has {total} bytes, expected {source.size}")
+            raise SizeMismatch(
+                f"{label}: Girder says the file has {total} bytes, expected {source.size}"
+            )
         if first > start:
             raise TransferFailed(f"{label}: Girder answered range from {first}, asked {start}")
         return start - first  # a range past EOF comes back as the whole file: skip its head
 
-    async def _copy(self, response: httpx.Response, sink: Sink, start: int, end: int, skip: int) -> None:
+    async def _copy(
+        self, response: httpx.Response, sink: Sink, start: int, end: int, skip: int
+    ) -> None:
         offset = start
         async for chunk in response.aiter_bytes(1024 * 1024):
             if skip:

@@ -27,7 +27,9 @@ GROUP = "wtfs.providers"
 def discover() -> dict[str, type[Provider]]:
     """Every installed provider class by scheme (later registrations do not override wtfs's)."""
     classes: dict[str, type[Provider]] = {}
-    for ep in sorted(entry_points(group=GROUP), key=lambda e: (not e.value.startswith("wtfs."), e.name)):
+    for ep in sorted(
+        entry_points(group=GROUP), key=lambda e: (not e.value.startswith("wtfs."), e.name)
+    ):
         try:
             cls = ep.load()
         except Exception as exc:  # a broken plugin must not take the daemon down
@@ -44,8 +46,12 @@ def discover() -> dict[str, type[Provider]]:
 class ProviderRegistry:
     """One provider instance per class per daemon, created on first use."""
 
-    def __init__(self, settings: ProviderSettings, girder: GirderClient | None,
-                 classes: dict[str, type[Provider]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        girder: GirderClient | None,
+        classes: dict[str, type[Provider]] | None = None,
+    ) -> None:
         self.settings = settings
         self.girder = girder
         self.classes = discover() if classes is None else classes
@@ -60,8 +66,10 @@ class ProviderRegistry:
         cls = self.classes.get(scheme)
         if cls is None:
             known = ", ".join(self.schemes)
-            raise TransferFailed(f"{source.label or 'item'}: no provider for URL scheme "
-                                 f"{scheme!r} (installed: {known})")  # fmt: skip
+            raise TransferFailed(
+                f"{source.label or 'item'}: no provider for URL scheme "
+                f"{scheme!r} (installed: {known})"
+            )
         if cls not in self._instances:
             self._instances[cls] = cls(self.settings, self.girder)
         return self._instances[cls]

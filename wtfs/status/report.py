@@ -42,10 +42,14 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "store": self.store, "mounts": self.mounts, "transfers": self.transfers,
-            "locks": self.locks, "evictions": self.evictions, "failures": self.failures,
+            "store": self.store,
+            "mounts": self.mounts,
+            "transfers": self.transfers,
+            "locks": self.locks,
+            "evictions": self.evictions,
+            "failures": self.failures,
             "totals": self.totals,
-        }  # fmt: skip
+        }
 
 
 def gather(config: Config, *, session_id: str | None = None, discard_old: bool = True) -> Report:
@@ -57,8 +61,13 @@ def gather(config: Config, *, session_id: str | None = None, discard_old: bool =
         "gcEndBytes": config.gc_end_bytes,
         "gcStartFraction": config.gc_collect_start_fraction,
         "gcEndFraction": config.gc_collect_end_fraction,
-        "usage": 0, "present": 0, "reserved": 0, "entries": 0, "complete": 0, "exists": False,
-    }  # fmt: skip
+        "usage": 0,
+        "present": 0,
+        "reserved": 0,
+        "entries": 0,
+        "complete": 0,
+        "exists": False,
+    }
     if not store.index_path.exists():
         return Report(store_info)
     index = Index(store.index_path)
@@ -68,31 +77,48 @@ def gather(config: Config, *, session_id: str | None = None, discard_old: bool =
         index.close()
 
 
-def _gather(index: Index, store_info: dict[str, Any], session_id: str | None,
-            discard_old: bool) -> Report:  # fmt: skip
+def _gather(
+    index: Index, store_info: dict[str, Any], session_id: str | None, discard_old: bool
+) -> Report:
     q = index.query
-    present, entries, complete = q("SELECT COALESCE(SUM(present),0), COUNT(*), "
-                                   "COALESCE(SUM(complete),0) FROM entries")[0]  # fmt: skip
+    present, entries, complete = q(
+        "SELECT COALESCE(SUM(present),0), COUNT(*), COALESCE(SUM(complete),0) FROM entries"
+    )[0]
     reserved = q("SELECT COALESCE(SUM(bytes),0) FROM claims")[0][0]
-    store_info.update(exists=True, present=present, reserved=reserved, usage=present + reserved,
-                      entries=entries, complete=complete)  # fmt: skip
+    store_info.update(
+        exists=True,
+        present=present,
+        reserved=reserved,
+        usage=present + reserved,
+        entries=entries,
+        complete=complete,
+    )
     report = Report(store_info)
     now = time.time()
-    totals = json.loads((q("SELECT v FROM meta WHERE k = 'totals'") or [{"v": "{}"}])[0]["v"])
+    saved = q("SELECT v FROM meta WHERE k = 'totals'")
+    totals: dict[str, int] = json.loads(saved[0]["v"]) if saved else {}
     for row in q("SELECT * FROM owners ORDER BY started"):
         stats = json.loads(row["stats"])
         for key, value in stats.items():
             totals[key] = totals.get(key, 0) + value
         if row["kind"] != "mount" or (session_id and row["session_id"] != session_id):
             continue
-        report.mounts.append({
-            "ownerId": row["owner_id"], "pid": row["pid"], "mountpoint": row["mountpoint"],
-            "sessionId": row["session_id"], "origin": row["session_origin"],
-            "started": iso(row["started"]), "heartbeat": iso(row["heartbeat"]),
-            "alive": is_alive(row["pid"], row["pid_start"]), "stats": stats,
-        })  # fmt: skip
+        report.mounts.append(
+            {
+                "ownerId": row["owner_id"],
+                "pid": row["pid"],
+                "mountpoint": row["mountpoint"],
+                "sessionId": row["session_id"],
+                "origin": row["session_origin"],
+                "started": iso(row["started"]),
+                "heartbeat": iso(row["heartbeat"]),
+                "alive": is_alive(row["pid"], row["pid_start"]),
+                "stats": stats,
+            }
+        )
     report.totals = totals
-    where, params = ["1=1"], []
+    where: list[str] = ["1=1"]
+    params: list[object] = []
     if session_id:
         where.append("session_id = ?")
         params.append(session_id)
@@ -102,20 +128,43 @@ def _gather(index: Index, store_info: dict[str, Any], session_id: str | None,
     for row in q(f"SELECT * FROM transfers WHERE {' AND '.join(where)} ORDER BY id", params):
         report.transfers.append(transfer_record(row, now))
     lock_where = "WHERE session_id = ?" if session_id else ""
-    for row in q(f"SELECT * FROM locks {lock_where} ORDER BY id", [session_id] if session_id else []):
-        report.locks.append({
-            "_id": row["id"], "_modelType": "lock", "itemId": row["item_id"],
-            "sessionId": row["session_id"], "ownerId": row["owner_id"], "pid": row["pid"],
-            "path": row["path"], "mountpoint": row["mountpoint"], "created": iso(row["created"]),
-            "alive": is_alive(row["pid"], row["pid_start"]),
-        })  # fmt: skip
+    for row in q(
+        f"SELECT * FROM locks {lock_where} ORDER BY id", [session_id] if session_id else []
+    ):
+        report.locks.append(
+            {
+                "_id": row["id"],
+                "_modelType": "lock",
+                "itemId": row["item_id"],
+                "sessionId": row["session_id"],
+                "ownerId": row["owner_id"],
+                "pid": row["pid"],
+                "path": row["path"],
+                "mountpoint": row["mountpoint"],
+                "created": iso(row["created"]),
+                "alive": is_alive(row["pid"], row["pid_start"]),
+            }
+        )
     for row in q("SELECT * FROM evictions ORDER BY id DESC LIMIT ?", [RECENT]):
-        report.evictions.append({"key": row["key"], "itemId": row["item_id"], "path": row["path"],
-                                 "bytes": row["bytes"], "time": iso(row["time"]),
-                                 "reason": row["reason"]})  # fmt: skip
+        report.evictions.append(
+            {
+                "key": row["key"],
+                "itemId": row["item_id"],
+                "path": row["path"],
+                "bytes": row["bytes"],
+                "time": iso(row["time"]),
+                "reason": row["reason"],
+            }
+        )
     for row in q("SELECT * FROM failures ORDER BY id DESC LIMIT ?", [RECENT]):
-        report.failures.append({"time": iso(row["time"]), "kind": row["kind"], "key": row["key"],
-                                "cause": row["cause"]})  # fmt: skip
+        report.failures.append(
+            {
+                "time": iso(row["time"]),
+                "kind": row["kind"],
+                "key": row["key"],
+                "cause": row["cause"],
+            }
+        )
     return report
 
 

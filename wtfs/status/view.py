@@ -38,32 +38,55 @@ def build(report: Report) -> Group:
     usage_bar = ProgressBar(total=capacity, completed=int(s["usage"]), width=40)
     header = Table.grid(padding=(0, 1))
     header.add_row(
-        Text("store", style="bold"), Text(str(s["path"])), usage_bar,
-        Text(f"{format_size(s['usage'])} / {format_size(capacity)} "
-             f"({100 * int(s['usage']) / capacity:.0f}%)"),
-    )  # fmt: skip
+        Text("store", style="bold"),
+        Text(str(s["path"])),
+        usage_bar,
+        Text(
+            f"{format_size(s['usage'])} / {format_size(capacity)} "
+            f"({100 * int(s['usage']) / capacity:.0f}%)"
+        ),
+    )
     header.add_row(
-        "", Text(f"{s['entries']} files ({s['complete']} complete), "
-                 f"{format_size(s['reserved'])} reserved in flight", style="dim"),
-        Text(f"GC starts at {format_size(s['gcStartBytes'])} "
-             f"({100 * float(s['gcStartFraction']):.0f}%), stops at "
-             f"{format_size(s['gcEndBytes'])} ({100 * float(s['gcEndFraction']):.0f}%)", style="dim"),
         "",
-    )  # fmt: skip
+        Text(
+            f"{s['entries']} files ({s['complete']} complete), "
+            f"{format_size(s['reserved'])} reserved in flight",
+            style="dim",
+        ),
+        Text(
+            f"GC starts at {format_size(s['gcStartBytes'])} "
+            f"({100 * float(s['gcStartFraction']):.0f}%), stops at "
+            f"{format_size(s['gcEndBytes'])} ({100 * float(s['gcEndFraction']):.0f}%)",
+            style="dim",
+        ),
+        "",
+    )
     t = report.totals
     hits, misses = t.get("hits", 0), t.get("misses", 0)
     header.add_row(
-        "", Text(f"reads: {hits} hits, {misses} misses; served {format_size(t.get('bytes_from_store', 0))}, "
-                 f"fetched {format_size(t.get('bytes_from_network', 0))}", style="dim"), "", "",
-    )  # fmt: skip
+        "",
+        Text(
+            f"reads: {hits} hits, {misses} misses; "
+            f"served {format_size(t.get('bytes_from_store', 0))}, "
+            f"fetched {format_size(t.get('bytes_from_network', 0))}",
+            style="dim",
+        ),
+        "",
+        "",
+    )
 
     mounts = Table(title="mounts", title_justify="left", expand=True)
     for col in ("mountpoint", "session", "pid", "since", "hits/misses"):
         mounts.add_column(col)
     for m in report.mounts:
         stats = m["stats"]
-        mounts.add_row(m["mountpoint"], f"{m['sessionId']} ({m['origin']})", str(m["pid"]),
-                       str(m["started"])[:19], f"{stats.get('hits', 0)}/{stats.get('misses', 0)}")  # fmt: skip
+        mounts.add_row(
+            m["mountpoint"],
+            f"{m['sessionId']} ({m['origin']})",
+            str(m["pid"]),
+            str(m["started"])[:19],
+            f"{stats.get('hits', 0)}/{stats.get('misses', 0)}",
+        )
     if not report.mounts:
         mounts.add_row(Text("no mount running", style="dim"), "", "", "", "")
 
@@ -74,21 +97,38 @@ def build(report: Report) -> Group:
         status = TransferStatus(tr["status"])
         size = max(1, int(tr["size"]))
         transfers.add_row(
-            str(tr["_id"]), tr["path"], Text(status.name, style=STATUS_STYLE[status]),
+            str(tr["_id"]),
+            tr["path"],
+            Text(status.name, style=STATUS_STYLE[status]),
             ProgressBar(total=size, completed=int(tr["transferred"]), width=20),
             f"{format_size(tr['transferred'])} / {format_size(tr['size'])}",
-            f"{format_size(tr['rate'])}/s" if tr["rate"] else "", _eta(tr), tr["error"] or "",
-        )  # fmt: skip
+            f"{format_size(tr['rate'])}/s" if tr["rate"] else "",
+            _eta(tr),
+            tr["error"] or "",
+        )
     if not report.transfers:
-        transfers.add_row("", Text("no recent transfers (--all shows history)", style="dim"),
-                          "", "", "", "", "", "")  # fmt: skip
+        transfers.add_row(
+            "",
+            Text("no recent transfers (--all shows history)", style="dim"),
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+        )
 
     locks = Table(title="locks", title_justify="left", expand=True)
     for col in ("session", "item", "path", "pid", "live"):
         locks.add_column(col)
     for lock in report.locks:
-        locks.add_row(lock["sessionId"], lock["itemId"], lock["path"] or "", str(lock["pid"]),
-                      "yes" if lock["alive"] else Text("dead (will be reclaimed)", style="red"))  # fmt: skip
+        locks.add_row(
+            lock["sessionId"],
+            lock["itemId"],
+            lock["path"] or "",
+            str(lock["pid"]),
+            "yes" if lock["alive"] else Text("dead (will be reclaimed)", style="red"),
+        )
 
     parts: list[object] = [Panel(header, title="wtfs"), mounts, transfers, locks]
     if report.evictions:
@@ -96,7 +136,9 @@ def build(report: Report) -> Group:
         for col in ("time", "path", "bytes", "reason"):
             ev.add_column(col)
         for e in report.evictions[:10]:
-            ev.add_row(str(e["time"])[:19], e["path"] or e["key"], format_size(e["bytes"]), e["reason"])
+            ev.add_row(
+                str(e["time"])[:19], e["path"] or e["key"], format_size(e["bytes"]), e["reason"]
+            )
         parts.append(ev)
     if report.failures:
         fl = Table(title="recent failures", title_justify="left", expand=True)
@@ -112,8 +154,9 @@ def render_table(report: Report, console: Console | None = None) -> None:
     (console or Console()).print(build(report))
 
 
-def watch_table(config: Config, *, session_id: str | None, show_all: bool,
-                interval: float = 1.0) -> None:  # fmt: skip
+def watch_table(
+    config: Config, *, session_id: str | None, show_all: bool, interval: float = 1.0
+) -> None:
     console = Console()
     with Live(console=console, refresh_per_second=4, screen=False) as live:
         try:

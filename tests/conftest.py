@@ -1,0 +1,39 @@
+"""Shared fixtures: one real Girder 5 (seeded) per test session, and real mounts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.girder import seed_local_girder, start_local_girder
+from wtfs.devgirder.control import LocalGirder
+from wtfs.devgirder.seed import SampleData
+
+
+@pytest.fixture(scope="session")
+def girder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGirder]:
+    server = start_local_girder(tmp_path_factory)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def sample(girder: LocalGirder, tmp_path_factory: pytest.TempPathFactory) -> SampleData:
+    return seed_local_girder(girder, tmp_path_factory)
+
+
+@pytest.fixture
+def base_config(girder: LocalGirder, tmp_path: Path) -> dict[str, Any]:
+    """A config for a mount against the session Girder, with its own private store."""
+    return {
+        "girder": {"api_url": girder.api_url, "api_key_file": str(girder.api_key_file)},
+        "private_storage_path": str(tmp_path / "store"),
+        "private_storage_capacity": "1GiB",
+        "gc_run_interval": 1,
+        "network": {"read_deadline": 30, "retry_base_delay": 0.05, "retry_max_delay": 0.5},
+    }
