@@ -134,6 +134,7 @@ class CacheManager:
         self._slots = trio.CapacityLimiter(settings.max_concurrent_transfers)
         self._nursery: trio.Nursery | None = None
         self._atimes: dict[str, float] = {}
+        self._load_lock = trio.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -168,10 +169,11 @@ class CacheManager:
             path=ref.path,
         )
         try:
-            entry = self._entries.get(ref.key)
-            if entry is None:
-                entry = await self._load_entry(ref)
-            entry.opens += 1
+            async with self._load_lock:  # concurrent first opens must share one LiveEntry
+                entry = self._entries.get(ref.key)
+                if entry is None:
+                    entry = await self._load_entry(ref)
+                entry.opens += 1
             if not entry.complete and entry.ranges.total == entry.ref.size:
                 await self._complete(entry)  # e.g. a crash came between last commit and marking
         except BaseException:
