@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.bigdata import BigFile, MiB, import_files
 from tests.support.girder import seed_local_girder, start_local_girder
 from wtfs.devgirder.control import LocalGirder
 from wtfs.devgirder.seed import SampleData
@@ -37,3 +38,12 @@ def base_config(girder: LocalGirder, tmp_path: Path) -> dict[str, Any]:
         "gc_run_interval": 1,
         "network": {"read_deadline": 30, "retry_base_delay": 0.05, "retry_max_delay": 0.5},
     }
+
+
+@pytest.fixture(scope="session")
+def big(girder: LocalGirder, tmp_path_factory: pytest.TempPathFactory) -> dict[str, BigFile]:
+    """1 GiB, 256 MiB, 16 × 64 MiB and 12 × 8 MiB random files in Girder (≈ 2.4 GiB)."""
+    sizes = {"one-gib.bin": 1024 * MiB, "quarter-gib.bin": 256 * MiB}
+    sizes.update({f"p{n:02d}.bin": 64 * MiB for n in range(16)})
+    sizes.update({f"s{n:02d}.bin": 8 * MiB for n in range(12)})
+    return import_files(girder, tmp_path_factory.mktemp("bigdata"), sizes)

@@ -7,6 +7,7 @@ or from `girder.api_key_file`, and is wrapped in `Secret` so it cannot leak thro
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -199,6 +200,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -262,6 +265,8 @@ def _number(
         number = int(value, 0) if integer and isinstance(value, str) else float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{name}: expected a finite number, got {value!r}")
     if integer:
         if number != int(number):
             raise ConfigError(f"{name}: expected a whole number, got {value!r}")

@@ -56,7 +56,8 @@ def parse_session(data: Any, *, session_id: str, origin: str) -> Session:
         parts = mount_path.split("/")
         if any(p in (".", "..") for p in parts) or "\0" in mount_path:
             raise ConfigError(f"{where}: mountPath {mount_path!r} must not contain '.' or '..'")
-        normal = posixpath.normpath(mount_path)
+        # normpath keeps a leading "//" (POSIX allows it): collapse it, or "//a" ≠ "/a".
+        normal = "/" + posixpath.normpath(mount_path).lstrip("/")
         if normal == "/":
             raise ConfigError(f"{where}: mountPath must name something below '/'")
         if any(len(p.encode()) > 255 for p in normal.split("/")):
@@ -85,6 +86,8 @@ def load_session_file(path: str | Path) -> Session:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"session file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"session file {path}: not UTF-8 text") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

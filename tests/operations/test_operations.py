@@ -14,6 +14,7 @@ from typing import ClassVar
 import pyfuse3
 import pytest
 import trio
+import trio.lowlevel
 
 from wtfs.cache.manager import CacheManager, CacheSettings
 from wtfs.cache.owner import Owner
@@ -43,7 +44,7 @@ class MemoryProvider(Provider):
         data = self.blobs[source.url]
         for offset in range(start, end, 256 * 1024):
             await sink.write(offset, data[offset : min(end, offset + 256 * 1024)])
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
 
 @pytest.fixture

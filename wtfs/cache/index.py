@@ -14,8 +14,10 @@ This module is synchronous; async callers hop to a thread (see `manager.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -150,6 +152,7 @@ class EntryRow:
     present: int
     complete: bool
     atime: float
+    replaced_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ class Reservation:
     ranges: Ranges | None = None  # the entry's ranges as committed now
     busy: bool = False  # another live owner is fetching an overlapping span
     no_room: bool = False
+    stale: bool = False  # the entry was replaced or dropped since the caller loaded it
     usage: int = 0
 
 
@@ -180,6 +184,8 @@ class Index:
             str(path), timeout=timeout, isolation_level=None, check_same_thread=False
         )
         self._db.row_factory = sqlite3.Row
+        # One connection, possibly used from several worker threads: one statement at a time.
+        self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives a process crash; only an OS crash can lose the
         # last transactions, and then the start-up check makes files and index agree again.
@@ -195,16 +201,18 @@ class Index:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        return self._db.execute(sql, tuple(params)).fetchall()
+        with self._lock:
+            return self._db.execute(sql, tuple(params)).fetchall()
 
     # -- owners -------------------------------------------------------------------------------
 
@@ -331,28 +339,31 @@ class Index:
             db.execute("DELETE FROM locks WHERE id = ?", (lock_id,))
 
     def lock_count(self, item_id: str) -> int:
-        return int(
-            self._db.execute("SELECT COUNT(*) FROM locks WHERE item_id = ?", (item_id,)).fetchone()[
-                0
-            ]
-        )
+        return int(self.query("SELECT COUNT(*) FROM locks WHERE item_id = ?", (item_id,))[0][0])
 
     # -- entries ------------------------------------------------------------------------------
 
     def get_entry(self, key: str) -> EntryRow | None:
-        row = self._db.execute("SELECT * FROM entries WHERE key = ?", (key,)).fetchone()
-        return _entry(row) if row else None
+        rows = self.query("SELECT * FROM entries WHERE key = ?", (key,))
+        return _entry(rows[0]) if rows else None
 
     def ensure_entry(
         self, key: str, item_id: str, size: int, checksum: str | None, source: str, path: str
     ) -> EntryRow:
-        """The entry for `key`, created empty if missing (a new unique file name each time)."""
+        """The entry for `key`, created empty if missing (a new unique file name each time).
+
+        When it replaces an entry (the source changed size: its old bytes are worthless), the
+        result's `replaced_file` names the old file, for the caller to unlink after this commit.
+        """
+        stale: str | None = None
         with self.transaction() as db:
             row = db.execute("SELECT * FROM entries WHERE key = ?", (key,)).fetchone()
             if row is not None and row["size"] == size:
                 return _entry(row)
-            if row is not None:  # the source changed size: its old bytes are worthless
+            if row is not None:
+                stale = row["file_name"]
                 db.execute("DELETE FROM entries WHERE key = ?", (key,))
+                db.execute("DELETE FROM claims WHERE key = ?", (key,))
             now = time.time()
             file_name = f"{uuid.uuid4().hex[:2]}/{uuid.uuid4().hex}"
             db.execute(
@@ -361,21 +372,38 @@ class Index:
                 (key, item_id, file_name, size, checksum, source, path, now, now),
             )
             created = db.execute("SELECT * FROM entries WHERE key = ?", (key,)).fetchone()
-            return _entry(created)
+            return dataclasses.replace(_entry(created), replaced_file=stale)
 
     def usage(self, db: sqlite3.Connection | None = None) -> int:
-        db = db or self._db
+        if db is None:
+            with self.transaction() as txn:
+                return self.usage(txn)
         present = db.execute("SELECT COALESCE(SUM(present), 0) FROM entries").fetchone()[0]
         claimed = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM claims").fetchone()[0]
         return int(present) + int(claimed)
 
-    def reserve(self, key: str, start: int, end: int, owner: Owner, capacity: int) -> Reservation:
-        """Claim [start, end) of `key` for fetching, reserving its missing bytes of capacity."""
+    def reserve(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        owner: Owner,
+        capacity: int,
+        *,
+        file_name: str | None = None,
+    ) -> Reservation:
+        """Claim [start, end) of `key` for fetching, reserving its missing bytes of capacity.
+
+        `file_name` names the store file the caller writes into: if the entry was replaced
+        meanwhile (its source changed size), the answer is `stale`.
+        """
         now = time.time()
         with self.transaction() as db:
-            row = db.execute("SELECT ranges FROM entries WHERE key = ?", (key,)).fetchone()
-            if row is None:
-                raise KeyError(key)
+            row = db.execute(
+                "SELECT ranges, file_name FROM entries WHERE key = ?", (key,)
+            ).fetchone()
+            if row is None or file_name not in (None, row["file_name"]):
+                return Reservation(ranges=Ranges(), stale=True)
             ranges = Ranges.from_json(row["ranges"])
             needed = (end - start) - ranges.overlap(start, end)
             if needed == 0:
@@ -409,20 +437,31 @@ class Index:
             return Reservation(claim_id=cursor.lastrowid, ranges=ranges, usage=usage + needed)
 
     def commit_range(
-        self, claim_id: int, key: str, start: int, end: int, transfer: tuple[int, int] | None = None
+        self,
+        claim_id: int,
+        key: str,
+        start: int,
+        end: int,
+        transfer: tuple[int, int] | None = None,
+        *,
+        file_name: str | None = None,
     ) -> Ranges:
         """The bytes of [start, end) are in the store file: record them, free the claim.
 
         `transfer` = (transfer id, bytes transferred so far) is written in the same transaction.
         """
         with self.transaction() as db:
-            row = db.execute("SELECT ranges FROM entries WHERE key = ?", (key,)).fetchone()
+            row = db.execute(
+                "SELECT ranges, file_name FROM entries WHERE key = ?", (key,)
+            ).fetchone()
             db.execute("DELETE FROM claims WHERE id = ?", (claim_id,))
             if transfer is not None:
                 db.execute(
                     "UPDATE transfers SET transferred = ? WHERE id = ?", (transfer[1], transfer[0])
                 )
-            if row is None:  # evicted meanwhile (cannot happen while we hold a lock)
+            if row is None or file_name not in (None, row["file_name"]):
+                # The entry was replaced (its source changed size): these bytes went into the
+                # old file and must not be claimed for the new one.
                 return Ranges()
             ranges = Ranges.from_json(row["ranges"])
             ranges.insert(start, end)
@@ -505,7 +544,7 @@ class Index:
         return evicted
 
     def file_names(self) -> set[str]:
-        return {r[0] for r in self._db.execute("SELECT file_name FROM entries")}
+        return {r[0] for r in self.query("SELECT file_name FROM entries")}
 
     def forget_missing(self, missing: Iterable[str]) -> int:
         """Drop entries whose file vanished (after a crash or a hand-deleted file)."""

@@ -192,6 +192,8 @@ class CacheManager:
             redact_url(ref.source.url),
             ref.path,
         )
+        if row.replaced_file is not None:
+            self.store.unlink(row.replaced_file)
         fd = self.store.open_file(row.file_name, ref.size)
         entry = LiveEntry(ref, row.file_name, fd, row.ranges, row.complete)
         self._entries[ref.key] = entry
@@ -321,7 +323,7 @@ class CacheManager:
 
     async def _refresh_ranges(self, entry: LiveEntry) -> None:
         row = await self.index.run(self.index.sync.get_entry, entry.ref.key)
-        if row is not None:
+        if row is not None and row.file_name == entry.file_name:
             entry.ranges = row.ranges
             entry.complete = entry.complete or row.complete
 
@@ -491,8 +493,18 @@ class CacheManager:
         sync = self.index.sync
         for attempt in range(3):
             res = await self.index.run(
-                sync.reserve, entry.ref.key, start, end, self.owner, self.settings.capacity
+                sync.reserve,
+                entry.ref.key,
+                start,
+                end,
+                self.owner,
+                self.settings.capacity,
+                file_name=entry.file_name,
             )
+            if res.stale:
+                raise TransferFailed(
+                    f"{entry.ref.path}: the file changed size in Girder while open; reopen it"
+                )
             assert res.ranges is not None
             entry.ranges = res.ranges
             if res.claim_id is not None:
@@ -594,7 +606,13 @@ class _BlockSink(Sink):
             sync = self.manager.index.sync
             transfer = (self.transfer_id, self.transferred) if self.transfer_id else None
             self.entry.ranges = await self.manager.index.run(
-                sync.commit_range, self._claim, self.entry.ref.key, start, block_end, transfer
+                sync.commit_range,
+                self._claim,
+                self.entry.ref.key,
+                start,
+                block_end,
+                transfer,
+                file_name=self.entry.file_name,
             )
             self._claim = None
         event = self.entry.pending.pop(block, None)
