@@ -84,12 +84,30 @@ def gc_policy(config: Config) -> GcPolicy:
     )
 
 
+def mount_entry(mountpoint: Path) -> tuple[str, str] | None:
+    """(device "major:minor", fs type) of what is mounted exactly at `mountpoint`, if anything.
+
+    Read from /proc/self/mountinfo: unlike stat(), it never blocks on a dead FUSE endpoint.
+    """
+    target = str(mountpoint)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4].encode().decode("unicode_escape").encode("latin-1").decode()
+            if point == target:
+                fstype = fields[fields.index("-") + 1]
+                return fields[2], fstype
+    return None
+
+
 def check_mountpoint(mountpoint: Path) -> None:
     """A usable mountpoint: an empty directory. A dead FUSE mount left there is cleaned up."""
-    try:
-        os.stat(mountpoint)
-    except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
+    if mount_entry(mountpoint) is not None:
+        try:
+            os.listdir(mountpoint)  # needs the daemon: a dead endpoint answers ENOTCONN
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTCONN, errno.ECONNABORTED):
+                raise ConfigError(f"mountpoint {mountpoint}: {exc.strerror}") from None
             log.warning(
                 "%s: a dead FUSE mount is there (transport endpoint is not connected): "
                 "unmounting it",
@@ -98,27 +116,29 @@ def check_mountpoint(mountpoint: Path) -> None:
             subprocess.run(
                 ["fusermount3", "-u", "-z", str(mountpoint)], check=False, capture_output=True
             )
-        elif exc.errno == errno.ENOENT:
-            raise ConfigError(f"mountpoint {mountpoint}: no such directory") from None
         else:
-            raise ConfigError(f"mountpoint {mountpoint}: {exc.strerror}") from None
-    if not mountpoint.is_dir():
+            raise ConfigError(f"mountpoint {mountpoint}: something is already mounted there")
+    try:
+        is_dir = mountpoint.is_dir()
+        empty = is_dir and not any(os.scandir(mountpoint))
+    except OSError as exc:
+        raise ConfigError(f"mountpoint {mountpoint}: {exc.strerror}") from None
+    if not mountpoint.exists():
+        raise ConfigError(f"mountpoint {mountpoint}: no such directory")
+    if not is_dir:
         raise ConfigError(f"mountpoint {mountpoint}: not a directory")
-    if os.path.ismount(mountpoint):
+    if mount_entry(mountpoint) is not None:
         raise ConfigError(f"mountpoint {mountpoint}: something is already mounted there")
-    if any(os.scandir(mountpoint)):
+    if not empty:
         raise ConfigError(f"mountpoint {mountpoint}: directory is not empty")
 
 
 def set_read_ahead(mountpoint: Path, kb: int) -> None:
     """Raise the kernel read-ahead of our FUSE device (its bdi) so it asks 1 MiB at a time."""
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if fields[4] == str(mountpoint):
-                    Path(f"/sys/class/bdi/{fields[2]}/read_ahead_kb").write_text(str(kb))
-                    return
+        entry = mount_entry(mountpoint)
+        if entry is not None:
+            Path(f"/sys/class/bdi/{entry[0]}/read_ahead_kb").write_text(str(kb))
     except OSError as exc:
         log.info("could not set read_ahead_kb on %s: %s", mountpoint, exc)
 

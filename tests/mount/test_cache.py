@@ -3,6 +3,7 @@ ENOSPC, locks as leases across a kill -9, resume after a crash, GC water marks."
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -150,12 +151,13 @@ def test_killed_mount_loses_its_locks_and_a_second_mount_keeps_its_own(
         locked = {lock["itemId"] for lock in second.status()["locks"]}
         assert locked == {x.item_id, y.item_id}
         first.kill(signal.SIGKILL)
-        held_x.close()
+        with contextlib.suppress(OSError):  # ENOTCONN: its daemon is gone
+            held_x.close()
         # A new mount on the dead mountpoint cleans it up and reclaims the dead owner's locks.
         again = start_mount(tmp_path / "a", base_config, session_of(x), mountpoint=first.mountpoint)
         try:
             locks = again.status()["locks"]
-            assert [lock["itemId"] for lock in locks] == [y.item_id]
+            assert [lock["itemId"] for lock in locks] == [y.item_id], locks
             index = store_index(base_config)
             evicted = index.evict_lru(0, "test", "test")
             index.close()
@@ -214,11 +216,11 @@ def test_gc_pass_with_start_09_end_05_evicts_lru_first(
         before = m.status()["store"]["usage"]
         assert before >= 0.9 * 100 * MiB
         out = m.wtfs("gc").stdout
-        assert "evicted 7 entries" in out
+        assert "evicted 6 entries" in out  # 96 - 6 × 8 = 48 MiB ≤ 50 %
         status = m.status()
         assert status["store"]["usage"] <= 50 * MiB
         evicted = {e["itemId"] for e in status["evictions"]}
-        assert evicted == {f.item_id for f in small[:7]}  # the least recently used
+        assert evicted == {f.item_id for f in small[:6]}  # the least recently used
 
 
 def _read_quietly(path: Path) -> None:

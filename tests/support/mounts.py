@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -102,37 +103,27 @@ def start_mount(
     mountpoint = mountpoint or workdir / "mnt"
     mountpoint.mkdir(exist_ok=True)
     log_path = workdir / f"daemon-{time.monotonic_ns()}.log"
+    config_path.write_text(yaml.safe_dump({**config, "log_file": str(log_path)}, sort_keys=False))
     extra, env = env or {}, dict(os.environ)
     env.pop("GIRDER_API_KEY", None)  # tests give the key by file unless they say otherwise
     env.update(extra)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "wtfs",
-                "-c",
-                str(config_path),
-                "-v",
-                "mount",
-                "--foreground",
-                str(session_path),
-                str(mountpoint),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-        )
+    # The daemon says "OK" (or "ERR ...") on this pipe once mounted: the same protocol as the
+    # background mode. (os.path.ismount is no readiness test: it is True on a dead endpoint.)
+    ready_read, ready_write = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wtfs", "-c", str(config_path), "-v", "mount", "--foreground",
+         "--ready-fd", str(ready_write), str(session_path), str(mountpoint)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
+        pass_fds=(ready_write,),
+    )  # fmt: skip
+    os.close(ready_write)
     mount = Mount(mountpoint, config_path, session_path, log_path, process, env)
-    deadline = time.monotonic() + timeout
-    while not os.path.ismount(mountpoint):
-        if process.poll() is not None:
-            raise AssertionError(f"wtfs mount exited {process.returncode}:\n{mount.log()}")
-        if time.monotonic() > deadline:
-            mount.stop()
-            raise AssertionError(f"wtfs mount not ready after {timeout}s:\n{mount.log()}")
-        time.sleep(0.05)
+    with os.fdopen(ready_read, "rb") as pipe:
+        readable, _, _ = select.select([pipe], [], [], timeout)
+        message = pipe.readline().decode().strip() if readable else ""
+    if message != "OK":
+        mount.stop()
+        raise AssertionError(f"wtfs mount not ready ({message or 'timeout'}):\n{mount.log()}")
     return mount
 
 
