@@ -232,6 +232,46 @@ def gc(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.argument("transfer_ids", nargs=-1, type=int)
+@click.option("--failed", "all_failed", is_flag=True, help="Retry every FAILED transfer.")
+@click.pass_context
+@guarded
+def retry(ctx: click.Context, transfer_ids: tuple[int, ...], all_failed: bool) -> None:
+    """Re-queue FAILED transfers; a running mount of their session fetches them again."""
+    from wtfs.cache.index import Index, TransferStatus
+    from wtfs.cache.owner import is_alive
+
+    if not transfer_ids and not all_failed:
+        raise ConfigError("give TRANSFER_ID... or --failed")
+    config = _config(ctx)
+    path = config.private_storage_path / "index.sqlite3"
+    if not path.exists():
+        raise ConfigError(f"private_storage_path: no store at {config.private_storage_path}")
+    index = Index(path)
+    try:
+        rows = index.request_retry(transfer_ids, all_failed=all_failed)
+        owners = index.query("SELECT session_id, pid, pid_start FROM owners WHERE kind = 'mount'")
+    finally:
+        index.close()
+    live = {r["session_id"] for r in owners if is_alive(r["pid"], r["pid_start"])}
+    found = {r["id"] for r in rows}
+    for missing in sorted(set(transfer_ids) - found):
+        click.echo(f"transfer {missing}: no such transfer", err=True)
+    for row in rows:
+        if row["status"] != TransferStatus.FAILED:
+            name = TransferStatus(row["status"]).name
+            click.echo(f"transfer {row['id']}: {name}, not FAILED: left as it is")
+            continue
+        waiting = row["session_id"] not in live
+        note = (
+            f" (no mount of session {row['session_id']} runs: it waits for one)" if waiting else ""
+        )
+        click.echo(f"transfer {row['id']}: {row['path']} re-queued{note}")
+    if set(transfer_ids) - found:
+        sys.exit(1)
+
+
+@main.command()
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False),

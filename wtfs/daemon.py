@@ -7,6 +7,7 @@ mountpoint) *before* mounting, so a bad input mounts nothing; then mount, then r
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pyfuse3
 import trio
+from prometheus_client import CollectorRegistry
 
 from wtfs.cache.aindex import AsyncIndex
 from wtfs.cache.manager import CacheManager, CacheSettings
@@ -33,6 +35,8 @@ from wtfs.providers.base import ProviderSettings
 from wtfs.providers.registry import ProviderRegistry
 from wtfs.providers.retry import RetryPolicy
 from wtfs.session import Session, fetch_session, load_session_file
+from wtfs.status.metrics import WtfsCollector, serve_metrics
+from wtfs.ticker import Ticker
 from wtfs.tree import Tree
 
 log = logging.getLogger(__name__)
@@ -248,6 +252,12 @@ async def _serve_mounted(
             await nursery.start(manager.run)
             await nursery.start(gc.run)
             nursery.start_soon(_on_signals)
+            await nursery.start(Ticker(manager, tree).run)
+            if config.metrics_port is not None:
+                collector = WtfsCollector(stats, index, config.private_storage_capacity,
+                                          str(mountpoint))  # fmt: skip
+                await nursery.start(serve_metrics, config.metrics_port,
+                                    functools.partial(_registry, collector))  # fmt: skip
             nursery.start_soon(
                 trio.to_thread.run_sync, set_read_ahead, mountpoint, config.mount.read_ahead_kb
             )
@@ -266,6 +276,12 @@ async def _serve_mounted(
                 await girder.aclose()
             index.close()
         log.info("unmounted %s", mountpoint)
+
+
+def _registry(collector: WtfsCollector) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry
 
 
 async def _on_signals() -> None:

@@ -257,6 +257,18 @@ class Tree:
         )
         return children
 
+    async def find(self, path: str) -> Node | None:
+        """The node at an absolute path within the mount (listing folders on the way)."""
+        node: Node = self.root
+        for part in filter(None, path.split("/")):
+            if not isinstance(node, DirNode):
+                return None
+            child = (await self.ensure_loaded(node)).get(part)
+            if child is None:
+                return None
+            node = child
+        return node
+
     def _need_girder(self) -> GirderClient:
         if self.girder is None:
             raise WtfsError("no Girder API URL is configured (girder.api_url)")

@@ -573,21 +573,44 @@ class Index:
             cursor = db.execute(
                 "INSERT INTO transfers (key, item_id, path, session_id, owner_id, source, status,"
                 " size, start_offset, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    key,
-                    item_id,
-                    path,
-                    session_id,
-                    owner_id,
-                    source,
-                    int(TransferStatus.QUEUED),
-                    size,
-                    start_offset,
-                    now,
-                ),
-            )
+                (key, item_id, path, session_id, owner_id, source,
+                 int(TransferStatus.INITIALIZING), size, start_offset, now),
+            )  # fmt: skip
             assert cursor.lastrowid is not None
             return cursor.lastrowid
+
+    def request_retry(
+        self, transfer_ids: Iterable[int] = (), *, all_failed: bool = False
+    ) -> list[sqlite3.Row]:
+        """Re-queue FAILED transfers; a running mount of their session picks them up."""
+        with self.transaction() as db:
+            if all_failed:
+                rows = db.execute("SELECT * FROM transfers WHERE status = 4").fetchall()
+            else:
+                ids = list(transfer_ids)
+                marks = ",".join("?" * len(ids))
+                rows = db.execute(f"SELECT * FROM transfers WHERE id IN ({marks})", ids).fetchall()
+            failed = [r for r in rows if r["status"] == TransferStatus.FAILED]
+            db.executemany(
+                "UPDATE transfers SET status = 1, retry_requested = 1, error = NULL,"
+                " start_time = NULL, end_time = NULL, transferred = 0 WHERE id = ?",
+                [(r["id"],) for r in failed],
+            )
+            return rows
+
+    def claim_retries(self, owner_id: str, session_id: str) -> list[sqlite3.Row]:
+        """Take the re-queued transfers of this session for this owner to run."""
+        with self.transaction() as db:
+            rows = db.execute(
+                "SELECT * FROM transfers WHERE retry_requested = 1 AND status = 1"
+                " AND session_id = ?",
+                (session_id,),
+            ).fetchall()
+            db.executemany(
+                "UPDATE transfers SET retry_requested = 0, owner_id = ? WHERE id = ?",
+                [(owner_id, r["id"]) for r in rows],
+            )
+            return rows
 
     def transfer_update(self, transfer_id: int, **fields: Any) -> None:
         allowed = {"status", "transferred", "start_time", "end_time", "error", "attempts", "size"}

@@ -302,8 +302,13 @@ class CacheManager:
             return
         self._start_run(entry, frontier, last=frontier + STREAM_BLOCKS - 1)
 
-    def _start_run(self, entry: LiveEntry, first: int, last: int) -> None:
-        """Fetch the consecutive missing, not-yet-pending blocks from `first` (up to `last`)."""
+    def _start_run(
+        self, entry: LiveEntry, first: int, last: int, transfer_id: int | None = None
+    ) -> list[int]:
+        """Fetch the consecutive missing, not-yet-pending blocks from `first` (up to `last`).
+
+        Returns the blocks the new run covers (empty when there was nothing to start).
+        """
         bs = self.settings.block_size
         last_block = (entry.ref.size - 1) // bs
         blocks: list[int] = []
@@ -314,12 +319,13 @@ class CacheManager:
             blocks.append(block)
             block += 1
         if not blocks:
-            return
+            return blocks
         for b in blocks:
             entry.pending[b] = trio.Event()
         entry.runs += 1
         assert self._nursery is not None, "CacheManager.run() is not running"
-        self._nursery.start_soon(self._run, entry, blocks)
+        self._nursery.start_soon(self._run, entry, blocks, transfer_id)
+        return blocks
 
     async def _refresh_ranges(self, entry: LiveEntry) -> None:
         row = await self.index.run(self.index.sync.get_entry, entry.ref.key)
@@ -329,7 +335,7 @@ class CacheManager:
 
     # -- fetch runs ---------------------------------------------------------------------------
 
-    async def _run(self, entry: LiveEntry, blocks: list[int]) -> None:
+    async def _run(self, entry: LiveEntry, blocks: list[int], transfer_id: int | None) -> None:
         bs = self.settings.block_size
         start, end = blocks[0] * bs, min(entry.ref.size, (blocks[-1] + 1) * bs)
         sink = _BlockSink(self, entry, start, end)
@@ -337,7 +343,7 @@ class CacheManager:
         entry.cancel_scopes.add(scope)
         try:
             with scope:
-                await self._transfer(entry, sink, start, end)
+                await self._transfer(entry, sink, start, end, transfer_id)
         finally:
             entry.cancel_scopes.discard(scope)
             with trio.CancelScope(shield=True):
@@ -349,25 +355,32 @@ class CacheManager:
             entry.runs -= 1
             self._maybe_close(entry)
 
-    async def _transfer(self, entry: LiveEntry, sink: _BlockSink, start: int, end: int) -> None:
+    async def _transfer(
+        self, entry: LiveEntry, sink: _BlockSink, start: int, end: int, tid: int | None
+    ) -> None:
+        """One transfer record per run: INITIALIZING → QUEUED → TRANSFERRING → DONE | FAILED."""
         ref = entry.ref
         sync = self.index.sync
-        tid = await self.index.run(
-            sync.transfer_create,
-            key=ref.key,
-            item_id=ref.item_id,
-            path=ref.path,
-            session_id=self.session_id,
-            owner_id=self.owner.owner_id,
-            source=redact_url(ref.source.url),
-            size=end - start,
-            start_offset=start,
-        )
+        if tid is None:
+            tid = await self.index.run(
+                sync.transfer_create,
+                key=ref.key,
+                item_id=ref.item_id,
+                path=ref.path,
+                session_id=self.session_id,
+                owner_id=self.owner.owner_id,
+                source=redact_url(ref.source.url),
+                size=end - start,
+                start_offset=start,
+            )
         sink.transfer_id = tid
         attempts = 1
         status, error = TransferStatus.DONE, None
         try:
             provider = self.providers.get(ref.source)
+            await self.index.run(
+                sync.transfer_update, tid, status=int(TransferStatus.QUEUED), size=end - start
+            )
             async with self._slots:
                 await self.index.run(
                     sync.transfer_update,
@@ -482,6 +495,47 @@ class CacheManager:
             )
             log.error("%s", ref.error)
         raise entry.failure
+
+    # -- retries ------------------------------------------------------------------------------
+
+    async def refetch(self, ref: FileRef, transfer_id: int, start: int, end: int) -> None:
+        """Run a re-queued transfer again (`wtfs retry`), in its own record."""
+        handle = await self.open(ref)
+        try:
+            entry = handle.entry
+            bs = self.settings.block_size
+            first = next(
+                (
+                    b
+                    for b in range(start // bs, (end - 1) // bs + 1)
+                    if not self._has_block(entry, b)
+                ),
+                None,
+            )
+            if first is None or entry.ref.error is not None:
+                fields: dict[str, Any] = {
+                    "status": int(TransferStatus.DONE),
+                    "end_time": time.time(),
+                }
+                if entry.ref.error is not None:
+                    fields.update(status=int(TransferStatus.FAILED), error=entry.ref.error)
+                await self.index.run(self.index.sync.transfer_update, transfer_id, **fields)
+                return
+            blocks = self._start_run(entry, first, (end - 1) // bs, transfer_id)
+            if not blocks:  # another run is fetching them already: this record is moot
+                await self.index.run(
+                    self.index.sync.transfer_update,
+                    transfer_id,
+                    status=int(TransferStatus.DONE),
+                    end_time=time.time(),
+                )
+            for block in blocks:
+                event = entry.pending.get(block)
+                if event is not None:
+                    await event.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.release(handle)
 
     # -- space --------------------------------------------------------------------------------
 
