@@ -32,8 +32,11 @@ from wtfs.cache.ranges import Ranges
 from wtfs.cache.stats import Stats
 from wtfs.cache.store import Store
 from wtfs.errors import (
+    AccessDenied,
     ChecksumMismatch,
     NoSpace,
+    NotFound,
+    SizeMismatch,
     Timeout,
     TransferFailed,
     WtfsError,
@@ -46,6 +49,8 @@ from wtfs.urls import redact_url
 log = logging.getLogger(__name__)
 
 MAX_RUN_BLOCKS = 64
+# Failures that stick to an open file: retrying them cannot succeed until something changes.
+PERMANENT = (AccessDenied, NotFound, SizeMismatch)
 # A sequential reader's runs: long enough that Girder's per-request cost (~3 ms) vanishes, short
 # enough that a reader who stops early did not make us fetch much more than it read.
 STREAM_BLOCKS = 16
@@ -415,6 +420,8 @@ class CacheManager:
             status, error = TransferStatus.FAILED, exc
             log.error("%s: transfer failed: %s", ref.path, exc.cause)
             self._fail_blocks(entry, sink, exc)
+            if isinstance(exc, PERMANENT):  # asking again cannot help while the file is open
+                entry.failure = exc
         finally:
             with trio.CancelScope(shield=True):
                 fields: dict[str, Any] = {
@@ -503,6 +510,7 @@ class CacheManager:
         handle = await self.open(ref)
         try:
             entry = handle.entry
+            entry.failure = None  # a user asked to try again
             bs = self.settings.block_size
             first = next(
                 (
