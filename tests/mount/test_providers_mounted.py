@@ -150,8 +150,9 @@ def test_a_plugin_package_adds_a_scheme_without_changing_wtfs(
         check=True, capture_output=True,
     )  # fmt: skip
     env = {"PYTHONPATH": str(target)}
+    code = "from wtfs.providers import registry; print(sorted(registry.discover()))"
     probe = subprocess.run(
-        [sys.executable, "-c", "from wtfs.providers.registry import discover; print(sorted(discover()))"],
+        [sys.executable, "-c", code],
         env={**os.environ, **env}, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "'demo'" in probe.stdout
