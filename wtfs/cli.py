@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from wtfs.logs import setup_logging
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 300.0
+REFRESH_POLL = 0.1  # seconds between looks at the mount's refresh counter
 
 
 def fail(exc: WtfsError) -> NoReturn:
@@ -150,7 +152,12 @@ def _mount_in_background(ctx: click.Context) -> None:
         )
     os.close(write_fd)
     with os.fdopen(read_fd) as pipe:
-        message = pipe.readline().strip()
+        ready, _, _ = select.select([pipe], [], [], READY_TIMEOUT)
+        message = pipe.readline().strip() if ready else ""
+    if not ready:
+        child.terminate()
+        click.echo(f"wtfs: the mount was not ready after {READY_TIMEOUT:g}s; stopped it", err=True)
+        sys.exit(1)
     if message == "OK":
         click.echo(f"wtfs: mounted (pid {child.pid})", err=True)
         return
@@ -229,6 +236,58 @@ def gc(ctx: click.Context) -> None:
         f"entries ({format_size(report.freed)}); reclaimed {report.reclaimed} "
         f"in {report.seconds * 1000:.0f} ms"
     )
+
+
+@main.group()
+def session() -> None:
+    """Work with the session of a running mount."""
+
+
+@session.command("refresh")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait.")
+@click.pass_context
+@guarded
+def session_refresh(ctx: click.Context, mountpoint: str, timeout: float) -> None:
+    """Re-read the session's dataSet and Girder, updating the tree without unmounting."""
+    import json as json_
+    import signal
+    import time
+
+    from wtfs.cache.index import Index
+    from wtfs.cache.owner import is_alive
+
+    config = _config(ctx)
+    path = Path(mountpoint).absolute()
+    index_path = config.private_storage_path / "index.sqlite3"
+    if not index_path.exists():
+        raise ConfigError(f"private_storage_path: no store at {config.private_storage_path}")
+    index = Index(index_path)
+
+    def owner() -> tuple[int, int, int, int]:
+        for row in index.query("SELECT * FROM owners WHERE kind = 'mount' AND mountpoint = ?",
+                               (str(path),)):  # fmt: skip
+            if is_alive(row["pid"], row["pid_start"]):
+                stats = json_.loads(row["stats"])
+                return (row["pid"], row["pid_start"], stats.get("refreshes", 0),
+                        stats.get("refresh_failures", 0))  # fmt: skip
+        raise ConfigError(f"{path}: no running wtfs mount there (for this store)")
+
+    try:
+        pid, _, refreshes, failures = owner()
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _, _, now_refreshes, now_failures = owner()
+            if now_failures > failures:
+                raise WtfsError(f"{path}: refresh failed; see the mount's log")
+            if now_refreshes > refreshes:
+                click.echo(f"{path}: session refreshed")
+                return
+            time.sleep(REFRESH_POLL)
+        raise WtfsError(f"{path}: no refresh within {timeout:g}s")
+    finally:
+        index.close()
 
 
 @main.command()

@@ -178,11 +178,12 @@ async def serve(
             await girder.aclose()
         ready(exc)
         return
-    await _serve_mounted(config, session, tree, store, girder, mountpoint, ready)
+    await _serve_mounted(config, request, session, tree, store, girder, mountpoint, ready)
 
 
 async def _serve_mounted(
     config: Config,
+    request: MountRequest,
     session: Session,
     tree: Tree,
     store: Store,
@@ -251,7 +252,8 @@ async def _serve_mounted(
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)
             await nursery.start(gc.run)
-            nursery.start_soon(_on_signals)
+            refresher = Refresher(request, tree, girder, stats, manager)
+            nursery.start_soon(_on_signals, refresher)
             await nursery.start(Ticker(manager, tree).run)
             if config.metrics_port is not None:
                 collector = WtfsCollector(stats, index, config.private_storage_capacity,
@@ -284,9 +286,44 @@ def _registry(collector: WtfsCollector) -> CollectorRegistry:
     return registry
 
 
-async def _on_signals() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s: unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
-            return
+class Refresher:
+    """Re-read the session and Girder, update the tree, make the kernel forget stale names."""
+
+    def __init__(self, request: MountRequest, tree: Tree, girder: GirderClient | None,
+                 stats: Stats, manager: CacheManager) -> None:  # fmt: skip
+        self.request = request
+        self.tree = tree
+        self.girder = girder
+        self.stats = stats
+        self.manager = manager
+        self._lock = trio.Lock()
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            try:
+                session = await load_session(self.request, self.girder)
+                gone = await self.tree.refresh(session)
+            except WtfsError as exc:
+                log.error("session refresh failed, the tree is unchanged: %s", exc.cause)
+                self.stats.refresh_failures += 1
+            else:
+                for parent, name in gone:
+                    pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
+                log.info("session refreshed: %d names changed or went away", len(gone))
+                self.stats.refreshes += 1
+            await self.manager.flush()
+
+
+async def _on_signals(refresher: Refresher) -> None:
+    """SIGTERM/SIGINT unmount; SIGHUP refreshes the session (`wtfs session refresh`)."""
+    wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(*wanted) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    nursery.start_soon(refresher.refresh)
+                    continue
+                log.info("received %s: unmounting", signal.Signals(signum).name)
+                pyfuse3.terminate()
+                nursery.cancel_scope.cancel()
+                return

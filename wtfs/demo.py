@@ -23,6 +23,8 @@ from wtfs.errors import ConfigError, WtfsError
 from wtfs.status.report import gather
 from wtfs.status.view import render_table
 
+UNMOUNT_POLL = 0.1  # seconds
+
 
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -167,4 +169,4 @@ def _run(argv: list[str], env: dict[str, str], *, show: bool = False, limit: int
 def _wait_unmounted(mountpoint: Path, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while os.path.ismount(mountpoint) and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(UNMOUNT_POLL)

@@ -57,12 +57,25 @@ class DirNode(Node):
     #: None until listed; then POSIX name → node
     children: dict[str, Node] | None = None
     folder_id: str | None = None  # a Girder folder to list on first access
+    item_id: str | None = None  # set for an item shown as a directory of its files
     load_lock: trio.Lock = field(default_factory=trio.Lock, repr=False)
     load_error: str | None = None
 
     @property
     def path(self) -> str:
         return _path_of(self)
+
+
+def identity(node: Node) -> tuple[object, ...]:
+    """What a node stands for in Girder: equal identities may share an inode across refreshes."""
+    if isinstance(node, FileNode):
+        return ("file", node.key, node.size, node.mtime_ns, node.error)
+    assert isinstance(node, DirNode)
+    if node.folder_id is not None:
+        return ("folder", node.folder_id)
+    if node.item_id is not None:
+        return ("item", node.item_id, node.mtime_ns)
+    return ("dir",)
 
 
 def _path_of(node: Node) -> str:
@@ -104,9 +117,10 @@ class Tree:
 
     # -- building -----------------------------------------------------------------------------
 
-    async def populate(self, session: Session) -> None:
+    async def populate(self, session: Session, root: DirNode | None = None) -> None:
         """Resolve every dataSet entry and hang it at its mountPath (parents are synthesised)."""
         girder = self._need_girder()
+        root = root or self.root
         resolved: dict[str, tuple[str, dict[str, Any]]] = {}
 
         async def resolve(item_id: str) -> None:
@@ -114,7 +128,7 @@ class Tree:
 
         await run_all([functools.partial(resolve, e.item_id) for e in session.data_set])
         for entry in session.data_set:
-            parent = self.root
+            parent = root
             for part in entry.parts[:-1]:
                 parent = self._synthetic_dir(parent, part)
             kind, document = resolved[entry.item_id]
@@ -154,7 +168,7 @@ class Tree:
         if len(files) == 1:  # the item is what is shown: its modification time is the item's
             return self._girder_file_node(item_id, files[0], name, parent, mtime)
         # Zero files: an empty directory; several: a directory of its files.
-        directory = DirNode(self._next(), name, mtime, parent, children={})
+        directory = DirNode(self._next(), name, mtime, parent, children={}, item_id=item_id)
         names = posix_names([(str(f.get("name", "")), str(f["_id"])) for f in files])
         assert directory.children is not None
         for posix_name, file_doc in zip(names, files, strict=True):
@@ -256,6 +270,45 @@ class Tree:
             time.monotonic() - started,
         )
         return children
+
+    # -- refresh ------------------------------------------------------------------------------
+
+    async def refresh(self, session: Session) -> list[tuple[int, str]]:
+        """Bring the tree up to date with the session and Girder, without unmounting.
+
+        Nodes whose Girder identity is unchanged keep their inode (open files and the kernel's
+        caches stay valid); new objects get new nodes. Returns (parent inode, name) of every
+        name that went away or now means something else, for the kernel to forget.
+        """
+        fresh = DirNode(0, "", self.root.mtime_ns, None, children={})
+        await self.populate(session, fresh)
+        gone: list[tuple[int, str]] = []
+        assert fresh.children is not None
+        await self._merge(self.root, fresh.children, gone)
+        return gone
+
+    async def _merge(
+        self, old: DirNode, fresh: dict[str, Node], gone: list[tuple[int, str]]
+    ) -> None:
+        before = old.children or {}
+        merged: dict[str, Node] = {}
+        for name, node in fresh.items():
+            prev = before.get(name)
+            if prev is None or identity(prev) != identity(node):
+                node.parent = old
+                merged[name] = node
+                if prev is not None:
+                    gone.append((old.inode, name))
+                continue
+            merged[name] = prev
+            self.by_inode.pop(node.inode, None)  # the fresh duplicate: the old node stays
+            if isinstance(prev, DirNode) and prev.children is not None:
+                if prev.folder_id is not None:
+                    await self._merge(prev, await self._list_folder(prev), gone)
+                elif isinstance(node, DirNode) and node.children is not None:
+                    await self._merge(prev, node.children, gone)  # adopts or drops each child
+        gone.extend((old.inode, name) for name in before.keys() - fresh.keys())
+        old.children = merged
 
     async def find(self, path: str) -> Node | None:
         """The node at an absolute path within the mount (listing folders on the way)."""

@@ -13,6 +13,8 @@ class Stats:
     bytes_from_network: int = 0
     evictions: int = 0
     evicted_bytes: int = 0
+    refreshes: int = 0
+    refresh_failures: int = 0
 
     def hit(self, n: int) -> None:
         self.hits += 1

@@ -323,6 +323,11 @@ class LocalGirder:
 
     # --- plumbing -----------------------------------------------------------------------------
 
+    def revoke_tokens(self) -> int:
+        """Revoke every Girder token but this controller's own; returns how many went."""
+        result = self._dev("POST", "revoke_tokens", {"keep": [self.token()]})
+        return int(result["removed"])
+
     def log_tail(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])

@@ -297,6 +297,23 @@ def insert_items(
     return result
 
 
+def revoke_tokens(payload: dict[str, Any]) -> dict[str, Any]:
+    """Delete every token except those in `keep`: what an admin revoking sessions does.
+
+    A test cannot name the token a wtfs daemon holds (it is never logged), so it revokes all
+    of them, keeping its own.
+    """
+    from girder.models.token import Token
+
+    keep = set(payload.get("keep", []))
+    removed = 0
+    for token in list(Token().find({})):
+        if token["_id"] not in keep:
+            Token().remove(token)
+            removed += 1
+    return {"removed": removed}
+
+
 def bulk_items(payload: dict[str, Any]) -> dict[str, Any]:
     count = int(payload["count"])
     if count < 0:
@@ -504,6 +521,10 @@ class DevMiddleware:
             elif method == "POST" and action == "raw_item":
                 payload = await _read_json(receive)
                 result = await asyncio.to_thread(raw_item, payload)
+                await _json_response(send, 200, result)
+            elif method == "POST" and action == "revoke_tokens":
+                payload = await _read_json(receive)
+                result = await asyncio.to_thread(revoke_tokens, payload)
                 await _json_response(send, 200, result)
             else:
                 await _json_response(send, 404, {"error": f"no dev endpoint {method} {action}"})
