@@ -35,44 +35,33 @@ def _eta(t: dict[str, object]) -> str:
 def build(report: Report) -> Group:
     s = report.store
     capacity = max(1, int(s["capacity"]))
-    usage_bar = ProgressBar(total=capacity, completed=int(s["usage"]), width=40)
-    header = Table.grid(padding=(0, 1))
-    header.add_row(
-        Text("store", style="bold"),
-        Text(str(s["path"])),
-        usage_bar,
-        Text(
-            f"{format_size(s['usage'])} / {format_size(capacity)} "
-            f"({100 * int(s['usage']) / capacity:.0f}%)"
-        ),
-    )
-    header.add_row(
-        "",
-        Text(
-            f"{s['entries']} files ({s['complete']} complete), "
-            f"{format_size(s['reserved'])} reserved in flight",
-            style="dim",
-        ),
-        Text(
-            f"GC starts at {format_size(s['gcStartBytes'])} "
-            f"({100 * float(s['gcStartFraction']):.0f}%), stops at "
-            f"{format_size(s['gcEndBytes'])} ({100 * float(s['gcEndFraction']):.0f}%)",
-            style="dim",
-        ),
-        "",
+    usage = int(s["usage"])
+    usage_line = Table.grid(padding=(0, 1))
+    usage_line.add_row(
+        ProgressBar(total=capacity, completed=usage, width=30),
+        f"{format_size(usage)} of {format_size(capacity)} ({100 * usage / capacity:.0f}%)",
     )
     t = report.totals
-    hits, misses = t.get("hits", 0), t.get("misses", 0)
+    header = Table.grid(padding=(0, 2))
+    header.add_column(style="bold")
+    header.add_column()
+    header.add_row("store", str(s["path"]))
+    header.add_row("usage", usage_line)
     header.add_row(
-        "",
-        Text(
-            f"reads: {hits} hits, {misses} misses; "
-            f"served {format_size(t.get('bytes_from_store', 0))}, "
-            f"fetched {format_size(t.get('bytes_from_network', 0))}",
-            style="dim",
-        ),
-        "",
-        "",
+        "gc",
+        f"starts at {format_size(s['gcStartBytes'])} ({100 * float(s['gcStartFraction']):.0f}%), "
+        f"stops at {format_size(s['gcEndBytes'])} ({100 * float(s['gcEndFraction']):.0f}%)",
+    )
+    header.add_row(
+        "files",
+        f"{s['entries']} cached ({s['complete']} complete), "
+        f"{format_size(s['reserved'])} reserved for fetches in flight",
+    )
+    header.add_row(
+        "reads",
+        f"{t.get('hits', 0)} hits, {t.get('misses', 0)} misses; "
+        f"served {format_size(t.get('bytes_from_store', 0))}, "
+        f"fetched {format_size(t.get('bytes_from_network', 0))}",
     )
 
     mounts = Table(title="mounts", title_justify="left", expand=True)
@@ -91,8 +80,11 @@ def build(report: Report) -> Group:
         mounts.add_row(Text("no mount running", style="dim"), "", "", "", "")
 
     transfers = Table(title="transfers", title_justify="left", expand=True)
-    for col in ("id", "path", "status", "progress", "size", "rate", "ETA", "error"):
-        transfers.add_column(col, overflow="fold")
+    transfers.add_column("id", no_wrap=True)
+    transfers.add_column("path", overflow="fold", ratio=3, min_width=24)
+    for col in ("status", "progress", "size", "rate", "ETA"):
+        transfers.add_column(col, no_wrap=True)
+    transfers.add_column("error", overflow="fold", ratio=2, min_width=8)
     for tr in report.transfers[-30:]:
         status = TransferStatus(tr["status"])
         size = max(1, int(tr["size"]))
@@ -100,7 +92,7 @@ def build(report: Report) -> Group:
             str(tr["_id"]),
             tr["path"],
             Text(status.name, style=STATUS_STYLE[status]),
-            ProgressBar(total=size, completed=int(tr["transferred"]), width=20),
+            ProgressBar(total=size, completed=int(tr["transferred"]), width=12),
             f"{format_size(tr['transferred'])} / {format_size(tr['size'])}",
             f"{format_size(tr['rate'])}/s" if tr["rate"] else "",
             _eta(tr),
