@@ -100,7 +100,7 @@ def mount(
         session_id=session_id,
     )
     if not foreground:
-        _mount_in_background(ctx)
+        _mount_in_background(ctx, (*args[:-1], str(request.mountpoint)), session_id)
         return
     log_file = config.log_file if ready_fd is not None else None
     if ready_fd is not None and log_file is None:
@@ -126,7 +126,7 @@ def mount(
         fail(outcome[0])
 
 
-def _mount_in_background(ctx: click.Context) -> None:
+def _mount_in_background(ctx: click.Context, args: tuple[str, ...], session_id: str | None) -> None:
     """Re-run ourselves with --foreground in a new session; wait for its ready message."""
     read_fd, write_fd = os.pipe()
     argv = [sys.executable, "-m", "wtfs"]
@@ -138,18 +138,24 @@ def _mount_in_background(ctx: click.Context) -> None:
         "--foreground",
         "--ready-fd",
         str(write_fd),
-        *sys.argv[sys.argv.index("mount") + 1 :],
+        *(["--session-id", session_id] if session_id else []),
+        *args,
     ]
     # The API key travels in the environment (as it came), never in argv.
-    with open(os.devnull, "r+b") as devnull:
-        child = subprocess.Popen(
-            argv,
-            stdin=devnull,
-            stdout=devnull,
-            stderr=devnull,
-            pass_fds=(write_fd,),
-            start_new_session=True,
-        )
+    try:
+        with open(os.devnull, "r+b") as devnull:
+            child = subprocess.Popen(
+                argv,
+                stdin=devnull,
+                stdout=devnull,
+                stderr=devnull,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+            )
+    except OSError as exc:
+        os.close(write_fd)
+        os.close(read_fd)
+        raise WtfsError(f"cannot start the mount daemon ({argv[0]}): {exc.strerror}") from None
     os.close(write_fd)
     with os.fdopen(read_fd) as pipe:
         ready, _, _ = select.select([pipe], [], [], READY_TIMEOUT)
