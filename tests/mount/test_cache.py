@@ -235,3 +235,33 @@ def _file_id(girder: LocalGirder, f: BigFile) -> str:
     return str(files[0]["_id"])
 
 
+
+
+def test_a_file_larger_than_the_store_reads_sequentially_in_a_sliding_window(
+    tmp_path: Path, base_config: dict[str, Any], big: dict[str, BigFile]
+) -> None:
+    f = big["p14.bin"]  # 64 MiB through a 24 MiB store
+    capacity = 24 * MiB
+    config = {**base_config, "private_storage_capacity": capacity}
+    store = Store(Path(config["private_storage_path"]))
+    samples: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(store.disk_usage())
+            time.sleep(0.02)
+
+    with mounted(tmp_path, config, session_of(f)) as m:
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            assert sha256(m.mountpoint / f.name) == f.sha256
+        finally:
+            done.set()
+            sampler.join()
+        status = m.status("--all")
+        assert status["failures"] == []  # read-ahead that found no room stopped quietly
+        assert all(t["status"] == 3 for t in status["transfers"])
+        assert "dropped" in m.log()
+    assert max(samples) <= capacity

@@ -14,6 +14,7 @@ The read path (see the design sketch in the README):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import logging
@@ -95,10 +96,17 @@ class LiveEntry:
     busy_until: dict[int, float] = field(default_factory=dict)
     failure: WtfsError | None = None
     cancel_scopes: set[trio.CancelScope] = field(default_factory=set)
+    handles: set[Handle] = field(default_factory=set)
+    #: blocks some reader is waiting for (the rest of a run is read-ahead)
+    wanted: collections.Counter[int] = field(default_factory=collections.Counter)
+
+    def low_water(self) -> int:
+        """The offset of the slowest reader: bytes before it may be dropped when space is short."""
+        return min((h.next_offset for h in self.handles), default=0)
 
 
 @dataclass(eq=False)
-class Handle:
+class Handle:  # eq=False: hashable by identity, kept in LiveEntry.handles
     entry: LiveEntry
     lock_id: int
     next_offset: int = 0  # where a sequential reader would read next
@@ -185,7 +193,9 @@ class CacheManager:
             with trio.CancelScope(shield=True):
                 await self.index.run(self.index.sync.release_lock, lock_id)
             raise
-        return Handle(entry, lock_id)
+        handle = Handle(entry, lock_id)
+        entry.handles.add(handle)
+        return handle
 
     async def _load_entry(self, ref: FileRef) -> LiveEntry:
         row = await self.index.run(
@@ -207,6 +217,7 @@ class CacheManager:
     async def release(self, handle: Handle) -> None:
         entry = handle.entry
         entry.opens -= 1
+        entry.handles.discard(handle)
         with trio.CancelScope(shield=True):
             await self.index.run(self.index.sync.release_lock, handle.lock_id)
         if entry.opens == 0:
@@ -266,22 +277,33 @@ class CacheManager:
             if not missing:
                 return
             block = missing[0]
-            if block in entry.pending:
-                await entry.pending[block].wait()
-            elif entry.busy_until.get(block, 0) > time.monotonic():
-                # Another process is fetching it: wait for its range to show up in the index.
-                await trio.sleep(BUSY_POLL)
-                await self._refresh_ranges(entry)
-            else:
-                ahead = STREAM_BLOCKS - 1 if sequential else 0
-                self._start_run(entry, block, last=max(missing[-1], block + ahead))
-                if block in entry.pending:
-                    await entry.pending[block].wait()
+            entry.wanted[block] += 1
+            try:
+                await self._wait_for_block(entry, block, missing[-1], sequential)
+            finally:
+                entry.wanted[block] -= 1
+                if entry.wanted[block] <= 0:
+                    del entry.wanted[block]
             error = entry.block_errors.pop(block, None)
             if error is not None:
                 raise error
             if entry.failure is not None:
                 raise entry.failure
+
+    async def _wait_for_block(
+        self, entry: LiveEntry, block: int, last: int, sequential: bool
+    ) -> None:
+        if block in entry.pending:
+            await entry.pending[block].wait()
+        elif entry.busy_until.get(block, 0) > time.monotonic():
+            # Another process is fetching it: wait for its range to show up in the index.
+            await trio.sleep(BUSY_POLL)
+            await self._refresh_ranges(entry)
+        else:
+            ahead = STREAM_BLOCKS - 1 if sequential else 0
+            self._start_run(entry, block, last=max(last, block + ahead))
+            if block in entry.pending:
+                await entry.pending[block].wait()
 
     def _has_block(self, entry: LiveEntry, block: int) -> bool:
         bs = self.settings.block_size
@@ -327,6 +349,7 @@ class CacheManager:
             return blocks
         for b in blocks:
             entry.pending[b] = trio.Event()
+            entry.block_errors.pop(b, None)  # an older run's failure is not this run's
         entry.runs += 1
         assert self._nursery is not None, "CacheManager.run() is not running"
         self._nursery.start_soon(self._run, entry, blocks, transfer_id)
@@ -579,9 +602,11 @@ class CacheManager:
             needed = (end - start) - res.ranges.overlap(start, end)
             freed = await self.make_room(needed) if self.make_room else 0
             if freed == 0 and attempt > 0:
-                freed = await self._shrink_window(entry, start)
+                freed = await self._shrink_window(entry)
             if freed == 0 and attempt > 0:
                 break
+        if start // self.settings.block_size not in entry.wanted:
+            raise _StopRun  # read-ahead gives up quietly: no reader needs these bytes yet
         usage = await self.index.run(sync.usage)
         cause = (
             f"{entry.ref.path}: private store full: {usage} of {self.settings.capacity} bytes "
@@ -593,11 +618,12 @@ class CacheManager:
         log.error("%s", cause)
         raise NoSpace(cause)
 
-    async def _shrink_window(self, entry: LiveEntry, position: int) -> int:
-        """Free this entry's own blocks behind its reader (a file larger than the store).
+    async def _shrink_window(self, entry: LiveEntry) -> int:
+        """Free this entry's own blocks behind its slowest reader (a file larger than the store).
 
         Only when no other process has the item open: they could be reading those bytes.
         """
+        position = entry.low_water()
         local_locks = entry.opens
         if await self.index.run(self.index.sync.lock_count, entry.ref.item_id) > local_locks:
             return 0
