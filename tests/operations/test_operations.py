@@ -222,12 +222,14 @@ async def test_every_writing_handler_is_erofs(ops: Operations) -> None:
         assert info.value.errno == errno.EROFS
 
 
-async def test_unfetchable_item_reads_eio_and_records_a_failed_transfer(ops: Operations) -> None:
+async def test_unfetchable_item_fails_open_with_eio_and_records_one_failed_transfer(
+    ops: Operations,
+) -> None:
     attr = await lookup_path(ops, "data", "broken")
-    info = await ops.open(attr.st_ino, os.O_RDONLY)
-    with pytest.raises(pyfuse3.FUSEError) as err:
-        await ops.read(info.fh, 0, 10)
-    assert err.value.errno == errno.EIO
+    for _ in range(3):
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            await ops.open(attr.st_ino, os.O_RDONLY)
+        assert err.value.errno == errno.EIO
     rows = ops.manager.index.sync.query("SELECT status, error FROM transfers")
     assert [(r["status"], r["error"]) for r in rows] == [(4, "meta.size missing")]
-    await ops.release(info.fh)
+    assert ops.manager.index.sync.lock_count("item-broken") == 0

@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -148,6 +148,7 @@ class CacheManager:
         self._nursery: trio.Nursery | None = None
         self._atimes: dict[str, float] = {}
         self._load_lock = trio.Lock()
+        self._unfetchable: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -173,6 +174,8 @@ class CacheManager:
     # -- open / close -------------------------------------------------------------------------
 
     async def open(self, ref: FileRef) -> Handle:
+        if ref.error is not None:
+            await self._fail_unfetchable(ref)
         lock_id = await self.index.run(
             self.index.sync.acquire_lock,
             ref.item_id,
@@ -246,14 +249,12 @@ class CacheManager:
             self.stats.hit(end - offset)
             self._atimes[entry.ref.key] = time.time()
             return os.pread(entry.fd, end - offset, offset)
-        if sequential and entry.ref.error is None:
+        if sequential:
             self._read_ahead(entry, offset)
         if entry.ranges.present(offset, end):
             self.stats.hit(end - offset)
             self._atimes[entry.ref.key] = time.time()
             return os.pread(entry.fd, end - offset, offset)
-        if entry.ref.error is not None:
-            await self._fail_unfetchable(entry)
         self.stats.miss(end - offset)
         with trio.move_on_after(self.settings.read_deadline) as deadline:
             await self._ensure(entry, offset, end, sequential)
@@ -498,12 +499,14 @@ class CacheManager:
         await self.index.run(self.index.sync.mark_complete, entry.ref.key)
         entry.complete = True
 
-    async def _fail_unfetchable(self, entry: LiveEntry) -> None:
-        """An item that can never be fetched (e.g. phys_path without size): a FAILED transfer."""
-        ref = entry.ref
+    async def _fail_unfetchable(self, ref: FileRef) -> NoReturn:
+        """An item that can never be fetched (e.g. phys_path without size): open() gets EIO.
+
+        The first attempt per file and process is recorded as a FAILED transfer with the cause.
+        """
         assert ref.error is not None
-        if entry.failure is None:
-            entry.failure = TransferFailed(ref.error)
+        if ref.key not in self._unfetchable:
+            self._unfetchable.add(ref.key)
             sync = self.index.sync
             tid = await self.index.run(
                 sync.transfer_create,
@@ -524,12 +527,21 @@ class CacheManager:
                 end_time=time.time(),
             )
             log.error("%s", ref.error)
-        raise entry.failure
+        raise TransferFailed(ref.error)
 
     # -- retries ------------------------------------------------------------------------------
 
     async def refetch(self, ref: FileRef, transfer_id: int, start: int, end: int) -> None:
         """Run a re-queued transfer again (`wtfs retry`), in its own record."""
+        if ref.error is not None:
+            await self.index.run(
+                self.index.sync.transfer_update,
+                transfer_id,
+                status=int(TransferStatus.FAILED),
+                error=ref.error,
+                end_time=time.time(),
+            )
+            return
         handle = await self.open(ref)
         try:
             entry = handle.entry
@@ -543,17 +555,11 @@ class CacheManager:
                 ),
                 None,
             )
-            if first is None or entry.ref.error is not None:
-                fields: dict[str, Any] = {
-                    "status": int(TransferStatus.DONE),
-                    "end_time": time.time(),
-                }
-                if entry.ref.error is not None:
-                    fields.update(status=int(TransferStatus.FAILED), error=entry.ref.error)
-                await self.index.run(self.index.sync.transfer_update, transfer_id, **fields)
-                return
-            blocks = self._start_run(entry, first, (end - 1) // bs, transfer_id)
-            if not blocks:  # another run is fetching them already: this record is moot
+            # Nothing missing, or another run is fetching it already: this record is moot.
+            blocks = (
+                [] if first is None else self._start_run(entry, first, (end - 1) // bs, transfer_id)
+            )
+            if not blocks:
                 await self.index.run(
                     self.index.sync.transfer_update,
                     transfer_id,
