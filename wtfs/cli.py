@@ -18,7 +18,7 @@ import trio
 
 from wtfs.config import Config, load_config
 from wtfs.errors import ConfigError, WtfsError
-from wtfs.logs import setup_logging
+from wtfs.logs import open_deferred_log, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -103,19 +103,18 @@ def mount(
         _mount_in_background(ctx, (*args[:-1], str(request.mountpoint)), session_id)
         return
     log_file = config.log_file if ready_fd is not None else None
-    if ready_fd is not None and log_file is None:
-        log_file = config.private_storage_path / "logs" / f"mount-{request.mountpoint.name}.log"
-    setup_logging(config, ctx.obj["verbose"], log_file=log_file)
+    default_log = config.private_storage_path / "logs" / f"mount-{request.mountpoint.name}.log"
+    deferred = ready_fd is not None and log_file is None  # the default log lives in the store
+    memory = setup_logging(config, ctx.obj["verbose"], log_file=log_file, deferred=deferred)
     outcome: list[WtfsError | None] = []
 
     def ready(error: WtfsError | None) -> None:
         outcome.append(error)
+        if memory is not None and error is None:
+            open_deferred_log(memory, config, default_log)
         if ready_fd is not None:
-            message = (
-                "OK\n"
-                if error is None
-                else f"ERR {2 if isinstance(error, ConfigError) else 1} {error.cause}\n"
-            )
+            code = 2 if isinstance(error, ConfigError) else 1
+            message = "OK\n" if error is None else f"ERR {code} {error.cause}\n"
             os.write(ready_fd, message.encode())
             os.close(ready_fd)
         if error is not None:

@@ -164,7 +164,6 @@ async def serve(
     store = Store(config.private_storage_path)
     girder: GirderClient | None = None
     try:
-        store.prepare()
         girder = make_girder(config)
         session = await load_session(request, girder)
         tree = Tree(girder)
@@ -173,6 +172,7 @@ async def serve(
         except WtfsError as exc:
             raise ConfigError(f"session {session.session_id}: {exc.cause}") from None
         check_mountpoint(mountpoint)
+        store.prepare()  # last: a refused mount writes nothing
     except WtfsError as exc:
         if girder is not None:
             await girder.aclose()
