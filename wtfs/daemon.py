@@ -31,6 +31,7 @@ from wtfs.fuse.operations import Operations, Presentation
 from wtfs.gc.evictor import GcPolicy
 from wtfs.gc.scheduler import GcScheduler
 from wtfs.girder import GirderClient
+from wtfs.metacache import MetadataCache
 from wtfs.providers.base import ProviderSettings
 from wtfs.providers.registry import ProviderRegistry
 from wtfs.providers.retry import RetryPolicy
@@ -192,6 +193,7 @@ async def _serve_mounted(
     ready: Callable[[WtfsError | None], None],
 ) -> None:
     index = store.open_index()
+    tree.metacache = MetadataCache(store.root / "metadata")
     owner = Owner.current("mount")
     store.recover(index)
     index.register_owner(
@@ -277,6 +279,7 @@ async def _serve_mounted(
             if girder is not None:
                 await girder.aclose()
             index.close()
+            tree.metacache.close()
         log.info("unmounted %s", mountpoint)
 
 

@@ -20,6 +20,7 @@ import trio
 from wtfs.concurrency import run_all
 from wtfs.errors import WtfsError
 from wtfs.girder import GirderClient
+from wtfs.metacache import MetadataCache
 from wtfs.names import posix_names
 from wtfs.providers.base import Source
 from wtfs.session import Session
@@ -27,7 +28,7 @@ from wtfs.session import Session
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
-LISTING_CONCURRENCY = 16
+LISTING_CONCURRENCY = 32
 
 
 @dataclass(eq=False)
@@ -103,6 +104,8 @@ class Tree:
 
     def __init__(self, girder: GirderClient | None) -> None:
         self.girder = girder
+        #: set by the daemon once the store exists: Girder answers kept across mounts
+        self.metacache: MetadataCache | None = None
         self._inodes = itertools.count(ROOT_INODE + 1)
         self.by_inode: dict[int, Node] = {}
         self.root = DirNode(ROOT_INODE, "", time.time_ns(), None, children={})
@@ -230,25 +233,34 @@ class Tree:
                 node.children = await self._list_folder(node)
         return node.children
 
+    async def _files_of(self, items: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """Each item's files: from the metadata cache when still valid, else one request each."""
+        girder = self._need_girder()
+        cache = self.metacache
+        files = await trio.to_thread.run_sync(cache.get_files, items) if cache else {}
+        missing = [i for i in items if str(i["_id"]) not in files]
+        fetched: dict[str, list[dict[str, Any]]] = {}
+
+        async def list_files(item_id: str) -> None:
+            fetched[item_id] = [f async for f in girder.list_files(item_id)]
+
+        await run_all(
+            [functools.partial(list_files, str(i["_id"])) for i in missing], LISTING_CONCURRENCY
+        )
+        if cache is not None and fetched:
+            pairs = [(i, fetched[str(i["_id"])]) for i in missing]
+            await trio.to_thread.run_sync(cache.put_files, pairs)
+        if items:
+            log.debug("file lists: %d cached, %d fetched", len(items) - len(missing), len(missing))
+        return {**files, **fetched}
+
     async def _list_folder(self, node: DirNode) -> dict[str, Node]:
         girder = self._need_girder()
         assert node.folder_id is not None
         started = time.monotonic()
         folders = [f async for f in girder.list_folders(node.folder_id)]
         items = [i async for i in girder.list_items(node.folder_id)]
-        files: dict[str, list[dict[str, Any]]] = {}
-
-        async def list_files(item_id: str) -> None:
-            files[item_id] = [f async for f in girder.list_files(item_id)]
-
-        await run_all(
-            [
-                functools.partial(list_files, str(i["_id"]))
-                for i in items
-                if "phys_path" not in (i.get("meta") or {})
-            ],
-            LISTING_CONCURRENCY,
-        )
+        files = await self._files_of([i for i in items if "phys_path" not in (i.get("meta") or {})])
         objects = [(str(f.get("name", "")), str(f["_id"])) for f in folders]
         objects += [(str(i.get("name", "")), str(i["_id"])) for i in items]
         names = posix_names(objects)

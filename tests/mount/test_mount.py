@@ -331,3 +331,24 @@ def test_python_m_wtfs_help_works() -> None:
     assert result.returncode == 0
     for command in ("mount", "umount", "status", "gc", "demo"):
         assert command in result.stdout
+
+
+def test_a_second_mount_lists_a_folder_without_per_item_requests(
+    tmp_path: Path, base_config: dict[str, Any], sample: SampleData, girder: LocalGirder
+) -> None:
+    data_set = [{"itemId": sample.many_folder_id, "mountPath": "/many"}]
+
+    def file_list_requests() -> int:
+        routes = girder.stats()["by_route"]
+        return sum(v["requests"] for k, v in routes.items() if k.endswith("/files"))
+
+    girder.reset_stats()
+    with mounted(tmp_path / "first", base_config, data_set) as m:
+        assert len(os.listdir(m.mountpoint / "many")) == 120
+    assert file_list_requests() == 120  # stock Girder: one request per item, the first time
+    girder.reset_stats()
+    with mounted(tmp_path / "second", base_config, data_set) as m:
+        assert len(os.listdir(m.mountpoint / "many")) == 120
+        first = sorted(os.listdir(m.mountpoint / "many"))[0]
+        assert (m.mountpoint / "many" / first).read_bytes()
+    assert file_list_requests() == 0  # the store's metadata cache answered

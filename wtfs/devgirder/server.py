@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,53 @@ def _lock_methods(cls: type, extra: Iterable[str] = ()) -> None:
         setattr(cls, name, _locked(getattr(cls, name)))
 
 
+def _bump_version_after(cls: Any, name: str) -> None:
+    original = getattr(cls, name)
+
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            store = self._store.__dict__
+            store["_wtfs_version"] = store.get("_wtfs_version", 0) + 1
+
+    setattr(cls, name, wrapper)
+
+
+def _indexed_candidates(store: Any, spec: dict[str, Any]) -> list[Any] | None:
+    """Documents that may match `spec`, from an equality index; None: scan instead."""
+    for name, value in spec.items():
+        if name.startswith("$") or "." in name or isinstance(value, dict | list):
+            continue
+        if name == "_id":
+            return [store[value]] if value in store else []
+        index = _field_index(store, name)
+        if index is not None:
+            try:
+                ids = index.get(value, ())
+            except TypeError:
+                return None
+            return [store[i] for i in ids if i in store]
+    return None
+
+
+def _field_index(store: Any, field: str) -> dict[Any, list[Any]] | None:
+    attrs = store.__dict__
+    version = attrs.get("_wtfs_version", 0)
+    cache = attrs.setdefault("_wtfs_indexes", {})
+    hit = cache.get(field)
+    if hit is not None and hit[0] == version:
+        return cast("dict[Any, list[Any]] | None", hit[1])
+    index: dict[Any, list[Any]] | None = {}
+    try:
+        for doc in list(store.documents):
+            index.setdefault(doc.get(field), []).append(doc["_id"])  # type: ignore[union-attr]
+    except TypeError:  # a value that cannot be hashed (a list, a dict): scan for this field
+        index = None
+    cache[field] = (version, index)
+    return index
+
+
 def install_shims(redis_url: str = DEFAULT_REDIS_URL) -> None:
     """Make Girder run on mongomock. Must run before anything imports ``girder``."""
     if any(m == "girder" or m.startswith("girder.") for m in sys.modules):
@@ -117,6 +164,7 @@ def install_shims(redis_url: str = DEFAULT_REDIS_URL) -> None:
     import mongomock.collection
     import mongomock.command_cursor
     import mongomock.database
+    import mongomock.filtering
     import mongomock.store
     import pymongo
 
@@ -146,6 +194,23 @@ def install_shims(redis_url: str = DEFAULT_REDIS_URL) -> None:
         return len(self._compute_results(with_limit_and_skip=with_limit_and_skip))
 
     mm.collection.Cursor.count = count
+
+    # 3b. MongoDB answers equality lookups from indexes (Girder declares them: files by itemId,
+    # items by folderId, ...); mongomock scans every document, so a 10,000-item folder made each
+    # request of the server cost 30-60 ms. Answer equality filters from lazily built per-field
+    # indexes, dropped on every write, then check the whole filter on the candidates as before.
+    original_iter = mm.collection.Collection._iter_documents
+    filter_applies = mm.filtering.filter_applies
+
+    def iter_documents(self: Any, spec: Any) -> Any:
+        found = _indexed_candidates(self._store, spec) if isinstance(spec, dict) else None
+        if found is None:
+            return original_iter(self, spec)
+        return iter([doc for doc in found if filter_applies(spec, doc)])
+
+    for method in ("_insert", "_update", "_delete", "drop"):
+        _bump_version_after(mm.collection.Collection, method)
+    mm.collection.Collection._iter_documents = iter_documents
 
     # 5. One lock around every DB operation (reentrant: find_one runs find, and so on).
     _lock_methods(mm.collection.Collection)
