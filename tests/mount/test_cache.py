@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.bigdata import MiB, BigFile
+from tests.support.bigdata import BigFile, MiB
 from tests.support.mounts import drop_page_cache, mounted, start_mount
 from wtfs.cache.index import Index
 from wtfs.cache.store import Store
@@ -99,7 +99,9 @@ def test_capacity_256mib_holds_under_4_readers_of_1gib(
     with mounted(tmp_path, config, session_of(*files)) as m:
         sampler = threading.Thread(target=sample)
         sampler.start()
-        readers = [threading.Thread(target=reader, args=(files[n::4], m.mountpoint)) for n in range(4)]
+        readers = [
+            threading.Thread(target=reader, args=(files[n::4], m.mountpoint)) for n in range(4)
+        ]
         for t in readers:
             t.start()
         for t in readers:
@@ -224,17 +226,13 @@ def test_gc_pass_with_start_09_end_05_evicts_lru_first(
 
 
 def _read_quietly(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):  # the daemon is killed under us
         sha256(path)
-    except OSError:
-        pass  # the daemon is killed under us
 
 
 def _file_id(girder: LocalGirder, f: BigFile) -> str:
     files = list(girder.client().listFile(f.item_id))
     return str(files[0]["_id"])
-
-
 
 
 def test_a_file_larger_than_the_store_reads_sequentially_in_a_sliding_window(

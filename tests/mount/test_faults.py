@@ -88,9 +88,7 @@ def proxy_for(girder: LocalGirder) -> Iterator[Proxy]:
         proxy.__exit__(None, None, None)
 
 
-def config_via(
-    base_config: dict[str, Any], proxy: FaultProxy, **network: float
-) -> dict[str, Any]:
+def config_via(base_config: dict[str, Any], proxy: FaultProxy, **network: float) -> dict[str, Any]:
     net: dict[str, float] = {
         "connect_timeout": 2,
         "read_timeout": 2,
@@ -209,9 +207,9 @@ def test_503_forever_fails_with_eio_and_the_mount_stays_up(
             assert outcome.elapsed < deadline, outcome.elapsed
             assert len(downloads(proxy, fid)) >= 3
             transfers = transfers_of(m, bad.item_id)
-            assert any(
-                t["status"] == FAILED and "503" in (t["error"] or "") for t in transfers
-            ), transfers
+            assert any(t["status"] == FAILED and "503" in (t["error"] or "") for t in transfers), (
+                transfers
+            )
             assert "503" in m.log()
             # The mount is still up: another file reads fine...
             assert_correct(read_within(m.mountpoint / "c.bin", 30), good)
