@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import select
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -177,18 +179,62 @@ def _mount_in_background(ctx: click.Context, args: tuple[str, ...], session_id: 
 
 @main.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False))
-@click.option("-z", "--lazy", is_flag=True, help="Detach now even if files are still open.")
+@click.option("-z", "--lazy", is_flag=True, help="Without a known daemon: detach even if busy.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the daemon.")
+@click.pass_context
 @guarded
-def umount(mountpoint: str, lazy: bool) -> None:
-    """Unmount MOUNTPOINT; the daemon then releases its locks and exits."""
+def umount(ctx: click.Context, mountpoint: str, lazy: bool, timeout: float) -> None:
+    """Unmount MOUNTPOINT: its daemon releases its locks, flushes the index and exits.
+
+    The daemon serving it (found in the store's index) is asked to stop, which also ends reads
+    stuck on the network and every copy of the mount bound into other namespaces; without a
+    known daemon, `fusermount3 -u` is used.
+    """
     path = Path(mountpoint).absolute()
     if not os.path.ismount(path):
         raise ConfigError(f"{path}: not mounted")
+    pid = _mount_daemon(ctx, path)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        if _wait_gone(pid, timeout) and not os.path.ismount(path):
+            return
+        log.warning("%s: daemon %d did not finish unmounting; detaching lazily", path, pid)
+        lazy = True
     result = subprocess.run(
         ["fusermount3", "-u", *(["-z"] if lazy else []), str(path)], capture_output=True, text=True
     )
     if result.returncode != 0:
         raise WtfsError(f"{path}: {result.stderr.strip() or 'fusermount3 failed'}")
+
+
+def _mount_daemon(ctx: click.Context, path: Path) -> int | None:
+    """The pid of the live wtfs daemon serving `path`, per the configured store's index."""
+    from wtfs.cache.index import Index
+
+    try:
+        config: Config = load_config(ctx.obj["config_path"])
+    except ConfigError:
+        return None  # no usable config: fall back to fusermount3
+    index_path = config.private_storage_path / "index.sqlite3"
+    if not index_path.exists():
+        return None
+    index = Index(index_path)
+    try:
+        row = index.live_mount(str(path))
+    finally:
+        index.close()
+    return int(row["pid"]) if row is not None else None
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    from wtfs.cache.owner import process_start_time
+
+    deadline = time.monotonic() + timeout
+    while process_start_time(pid) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(REFRESH_POLL)
+    return True
 
 
 @main.command()
@@ -256,11 +302,8 @@ def session() -> None:
 def session_refresh(ctx: click.Context, mountpoint: str, timeout: float) -> None:
     """Re-read the session's dataSet and Girder, updating the tree without unmounting."""
     import json as json_
-    import signal
-    import time
 
     from wtfs.cache.index import Index
-    from wtfs.cache.owner import is_alive
 
     config = _config(ctx)
     path = Path(mountpoint).absolute()
@@ -269,21 +312,19 @@ def session_refresh(ctx: click.Context, mountpoint: str, timeout: float) -> None
         raise ConfigError(f"private_storage_path: no store at {config.private_storage_path}")
     index = Index(index_path)
 
-    def owner() -> tuple[int, int, int, int]:
-        for row in index.query("SELECT * FROM owners WHERE kind = 'mount' AND mountpoint = ?",
-                               (str(path),)):  # fmt: skip
-            if is_alive(row["pid"], row["pid_start"]):
-                stats = json_.loads(row["stats"])
-                return (row["pid"], row["pid_start"], stats.get("refreshes", 0),
-                        stats.get("refresh_failures", 0))  # fmt: skip
-        raise ConfigError(f"{path}: no running wtfs mount there (for this store)")
+    def owner() -> tuple[int, int, int]:
+        row = index.live_mount(str(path))
+        if row is None:
+            raise ConfigError(f"{path}: no running wtfs mount there (for this store)")
+        stats = json_.loads(row["stats"])
+        return row["pid"], stats.get("refreshes", 0), stats.get("refresh_failures", 0)
 
     try:
-        pid, _, refreshes, failures = owner()
+        pid, refreshes, failures = owner()
         os.kill(pid, signal.SIGHUP)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            _, _, now_refreshes, now_failures = owner()
+            _, now_refreshes, now_failures = owner()
             if now_failures > failures:
                 raise WtfsError(f"{path}: refresh failed; see the mount's log")
             if now_refreshes > refreshes:

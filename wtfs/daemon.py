@@ -327,6 +327,7 @@ async def _on_signals(refresher: Refresher) -> None:
                     nursery.start_soon(refresher.refresh)
                     continue
                 log.info("received %s: unmounting", signal.Signals(signum).name)
+                refresher.manager.shutdown()
                 pyfuse3.terminate()
                 nursery.cancel_scope.cancel()
                 return

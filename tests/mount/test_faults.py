@@ -459,9 +459,9 @@ def test_sigterm_during_reads_exits_promptly_and_releases_everything(
 def test_umount_while_a_read_is_stuck_on_a_stalled_network_completes(
     tmp_path: Path, base_config: dict[str, Any], girder: LocalGirder, data: Data
 ) -> None:
-    """A stuck read holds its file open: plain `umount` must answer at once (EBUSY, as
-    umount(8) does), `umount --lazy` must detach at once, and the daemon must be gone and the
-    reader released within a bound (here read_deadline + a margin), never hang."""
+    """A stuck read holds its file open: `wtfs umount` stops the daemon, which fails the stuck
+    read at once (if an umount without a known daemon answers EBUSY, `--lazy` must detach at
+    once); the daemon must be gone and the reader released within a bound, never hang."""
     fid = data.file_ids["b.bin"]
     read_deadline, bound = 8, 15
     with proxy_for(girder) as proxy:

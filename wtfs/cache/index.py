@@ -279,6 +279,15 @@ class Index:
                 [(t, k) for k, t in atimes.items()],
             )
 
+    def live_mount(self, mountpoint: str) -> sqlite3.Row | None:
+        """The owner row of the live daemon serving `mountpoint` from this store, if any."""
+        for row in self.query(
+            "SELECT * FROM owners WHERE kind = 'mount' AND mountpoint = ?", (mountpoint,)
+        ):
+            if is_alive(row["pid"], row["pid_start"]):
+                return row
+        return None
+
     def reclaim_dead(self) -> dict[str, int]:
         """Delete locks, claims and owner rows whose process is gone. Returns counts."""
         now = time.time()

@@ -149,6 +149,7 @@ class CacheManager:
         self._atimes: dict[str, float] = {}
         self._load_lock = trio.Lock()
         self._unfetchable: set[str] = set()
+        self._closing = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -164,6 +165,18 @@ class CacheManager:
             finally:
                 nursery.cancel_scope.cancel()
 
+    def shutdown(self) -> None:
+        """Unmounting: stop every fetch and fail the reads waiting for one.
+
+        A read stuck on a stalled network would otherwise hold the unmount until its deadline.
+        """
+        self._closing = True
+        for entry in self._entries.values():
+            if entry.failure is None:
+                entry.failure = TransferFailed(f"{entry.ref.path}: the mount is being unmounted")
+            for scope in entry.cancel_scopes:
+                scope.cancel()
+
     async def flush(self) -> None:
         atimes, self._atimes = self._atimes, {}
         with trio.CancelScope(shield=True):
@@ -174,6 +187,8 @@ class CacheManager:
     # -- open / close -------------------------------------------------------------------------
 
     async def open(self, ref: FileRef) -> Handle:
+        if self._closing:
+            raise TransferFailed(f"{ref.path}: the mount is being unmounted")
         if ref.error is not None:
             await self._fail_unfetchable(ref)
         lock_id = await self.index.run(

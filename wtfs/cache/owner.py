@@ -21,6 +21,8 @@ def process_start_time(pid: int) -> int | None:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):  # exited, not yet reaped: it holds nothing any more
+        return None
     return int(fields[19])  # field 22 overall
 
 
