@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
+import httpcore
 import httpx
 import trio
 
@@ -36,6 +37,18 @@ TOKEN_DAYS = 30.0
 TOKEN_REFRESH_FRACTION = 0.2
 
 
+# httpcore reads HTTP/1.1 bodies 64 KiB per receive; a 1 MiB read moves the same bytes in
+# far fewer trips through the event loop (bench: the provider alone went from ~200 to ~320 MB/s
+# where curl made ~550). A class attribute of httpcore, set once for the daemon's clients.
+READ_BYTES = 1024 * 1024
+
+
+def tune_httpcore() -> None:
+    connection = getattr(httpcore, "AsyncHTTP11Connection", None)
+    if connection is not None and getattr(connection, "READ_NUM_BYTES", 0) < READ_BYTES:
+        connection.READ_NUM_BYTES = READ_BYTES
+
+
 class GirderClient:
     """One pooled `httpx.AsyncClient` per daemon, shared by metadata calls and downloads."""
 
@@ -48,6 +61,7 @@ class GirderClient:
         read_timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        tune_httpcore()
         self.api_url = api_url.rstrip("/")
         self._api_key = api_key
         self._token: Secret | None = None

@@ -28,7 +28,9 @@ from wtfs.session import Session
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
-LISTING_CONCURRENCY = 32
+# Per-item requests in flight while listing a folder: Girder answers them one core at a time,
+# and more only costs the client (connection-pool bookkeeping) without helping.
+LISTING_CONCURRENCY = 8
 
 
 @dataclass(eq=False)

@@ -61,7 +61,8 @@ class GirderProvider(Provider):
         if end <= start:
             return
         file_id = self._file_id(source)
-        headers = {"Range": f"bytes={start}-{end - 1}"}
+        # identity: the body is copied raw, so it must not be compressed on the way
+        headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
         try:
             async with self.girder.stream(f"file/{file_id}/download", headers) as response:
                 skip = self._check(response, source, start, end)
@@ -122,7 +123,7 @@ class GirderProvider(Provider):
         self, response: httpx.Response, sink: Sink, start: int, end: int, skip: int
     ) -> None:
         offset = start
-        async for chunk in response.aiter_bytes(1024 * 1024):
+        async for chunk in response.aiter_raw():
             if skip:
                 if len(chunk) <= skip:
                     skip -= len(chunk)
