@@ -522,35 +522,36 @@ class Index:
         One transaction: a lock taken by any process either committed before (and the entry
         stays) or will see the entry gone and fetch it again.
         """
-        evicted: list[Evicted] = []
         now = time.time()
         with self.transaction() as db:
-            usage = self.usage(db)
-            if usage <= target_usage:
-                return evicted
+            excess = self.usage(db) - target_usage
+            if excess <= 0:
+                return []
+            # Set-based: a pass may evict tens of thousands of entries (bench: 100k entries).
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS evict_keys (key TEXT PRIMARY KEY)")
+            db.execute("DELETE FROM evict_keys")
+            db.execute(
+                "INSERT INTO evict_keys SELECT key FROM ("
+                "  SELECT key, present, SUM(present) OVER (ORDER BY atime, key"
+                "    ROWS UNBOUNDED PRECEDING) AS freed FROM entries"
+                "  WHERE present > 0"
+                "  AND item_id NOT IN (SELECT item_id FROM locks)"
+                "  AND key NOT IN (SELECT key FROM claims))"
+                " WHERE freed - present < ?",
+                (excess,),
+            )
             rows = db.execute(
                 "SELECT key, item_id, file_name, present, path FROM entries"
-                " WHERE present > 0"
-                " AND item_id NOT IN (SELECT item_id FROM locks)"
-                " AND key NOT IN (SELECT key FROM claims)"
-                " ORDER BY atime ASC"
-            )
-            for row in rows:
-                if usage <= target_usage:
-                    break
-                evicted.append(
-                    Evicted(
-                        row["key"], row["item_id"], row["file_name"], row["present"], row["path"]
-                    )
-                )
-                usage -= row["present"]
-            db.executemany("DELETE FROM entries WHERE key = ?", [(e.key,) for e in evicted])
-            db.executemany(
+                " WHERE key IN (SELECT key FROM evict_keys) ORDER BY atime, key"
+            ).fetchall()
+            db.execute(
                 "INSERT INTO evictions (key, item_id, path, bytes, time, reason, by_owner)"
-                " VALUES (?,?,?,?,?,?,?)",
-                [(e.key, e.item_id, e.path, e.bytes, now, reason, by_owner) for e in evicted],
+                " SELECT key, item_id, path, present, ?, ?, ? FROM entries"
+                " WHERE key IN (SELECT key FROM evict_keys) ORDER BY atime, key",
+                (now, reason, by_owner),
             )
-        return evicted
+            db.execute("DELETE FROM entries WHERE key IN (SELECT key FROM evict_keys)")
+        return [Evicted(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     def file_names(self) -> set[str]:
         return {r[0] for r in self.query("SELECT file_name FROM entries")}
