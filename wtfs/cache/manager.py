@@ -413,17 +413,7 @@ class CacheManager:
         ref = entry.ref
         sync = self.index.sync
         if tid is None:
-            tid = await self.index.run(
-                sync.transfer_create,
-                key=ref.key,
-                item_id=ref.item_id,
-                path=ref.path,
-                session_id=self.session_id,
-                owner_id=self.owner.owner_id,
-                source=redact_url(ref.source.url),
-                size=end - start,
-                start_offset=start,
-            )
+            tid = await self._new_transfer(ref, start, end - start)
         sink.transfer_id = tid
         attempts = 1
         status, error = TransferStatus.DONE, None
@@ -484,6 +474,20 @@ class CacheManager:
         if not entry.complete and entry.ranges.total == ref.size:
             await self._complete(entry)
 
+    async def _new_transfer(self, ref: FileRef, start: int, size: int) -> int:
+        """A transfer record (INITIALIZING) for `size` bytes of `ref` from `start`."""
+        return await self.index.run(
+            self.index.sync.transfer_create,
+            key=ref.key,
+            item_id=ref.item_id,
+            path=ref.path,
+            session_id=self.session_id,
+            owner_id=self.owner.owner_id,
+            source=redact_url(ref.source.url),
+            size=size,
+            start_offset=start,
+        )
+
     def _fail_blocks(self, entry: LiveEntry, sink: _BlockSink, error: WtfsError) -> None:
         for block in list(entry.pending):
             if sink.owns_block(block):
@@ -530,17 +534,7 @@ class CacheManager:
         if ref.key not in self._unfetchable:
             self._unfetchable.add(ref.key)
             sync = self.index.sync
-            tid = await self.index.run(
-                sync.transfer_create,
-                key=ref.key,
-                item_id=ref.item_id,
-                path=ref.path,
-                session_id=self.session_id,
-                owner_id=self.owner.owner_id,
-                source=redact_url(ref.source.url),
-                size=ref.size,
-                start_offset=0,
-            )
+            tid = await self._new_transfer(ref, 0, ref.size)
             await self.index.run(
                 sync.transfer_update,
                 tid,
