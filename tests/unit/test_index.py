@@ -423,6 +423,9 @@ def test_eviction_takes_the_least_recently_used_first_and_stops_at_the_target(
     evicted = index.evict_lru(350, me.owner_id, "gc")
     assert [e.key for e in evicted] == ["k3", "k1", "k5"]
     assert sum(e.bytes for e in evicted) == 300
+    assert index.usage() == 600  # still on disk until their files are unlinked
+    assert evicted.unlink_id is not None
+    index.finish_unlink(evicted.unlink_id)
     assert index.usage() == 300
     assert {k for k in keys if index.get_entry(k) is not None} == {"k0", "k2", "k4"}
     rows = index.query("SELECT key, reason, by_owner FROM evictions ORDER BY id")

@@ -6,6 +6,7 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -199,3 +200,32 @@ def test_recovery_of_a_clean_store_changes_nothing(
     report = store.recover(index)
     assert (report.orphans_removed, report.missing_dropped) == (0, 0)
     assert index.usage() == 30
+
+
+def test_evicted_bytes_count_as_used_until_their_files_are_unlinked(
+    index: Index, store: Store, fill_entry: Any
+) -> None:
+    fill_entry("a", 100)
+    fill_entry("b", 100)
+    evicted = index.evict_lru(100, "me", "gc")
+    assert [e.key for e in evicted] == ["a"] and evicted.unlink_id is not None
+    # The row is gone but its file is not yet: nobody may reserve those 100 bytes.
+    assert index.usage() == 200
+    store.unlink(evicted[0].file_name)
+    index.finish_unlink(evicted.unlink_id)
+    assert index.usage() == 100
+
+
+def test_an_eviction_left_half_done_by_a_dead_process_is_finished(
+    index: Index, store: Store, fill_entry: Any, dead_owner_identity: tuple[int, int]
+) -> None:
+    fill_entry("a", 100)
+    evicted = index.evict_lru(0, "me", "gc")
+    pid, start = dead_owner_identity
+    with index.transaction() as db:  # as if the process evicting had died before unlinking
+        db.execute("UPDATE unlinking SET pid = ?, pid_start = ?", (pid, start))
+    assert store.path_of(evicted[0].file_name).exists()
+    assert index.usage() == 100
+    store.recover(index)
+    assert index.usage() == 0
+    assert not store.path_of(evicted[0].file_name).exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -27,7 +28,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-from wtfs.cache.owner import Owner, is_alive
+from wtfs.cache.owner import Owner, is_alive, process_start_time
 from wtfs.cache.ranges import Ranges
 
 SCHEMA_VERSION = 1
@@ -118,6 +119,14 @@ CREATE TABLE IF NOT EXISTS evictions (
     reason TEXT NOT NULL,
     by_owner TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS unlinking (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    files TEXT NOT NULL,
+    time REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS failures (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     time REAL NOT NULL,
@@ -165,6 +174,12 @@ class Reservation:
     no_room: bool = False
     stale: bool = False  # the entry was replaced or dropped since the caller loaded it
     usage: int = 0
+
+
+class Eviction(list["Evicted"]):
+    """The entries one eviction removed; `unlink_id` is its pending-unlink batch, if any."""
+
+    unlink_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -389,7 +404,8 @@ class Index:
                 return self.usage(txn)
         present = db.execute("SELECT COALESCE(SUM(present), 0) FROM entries").fetchone()[0]
         claimed = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM claims").fetchone()[0]
-        return int(present) + int(claimed)
+        unlinking = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM unlinking").fetchone()[0]
+        return int(present) + int(claimed) + int(unlinking)
 
     def reserve(
         self,
@@ -516,7 +532,7 @@ class Index:
 
     # -- eviction -----------------------------------------------------------------------------
 
-    def evict_lru(self, target_usage: int, by_owner: str, reason: str) -> list[Evicted]:
+    def evict_lru(self, target_usage: int, by_owner: str, reason: str) -> Eviction:
         """Delete unlocked, unclaimed entries, least recently used first, until usage ≤ target.
 
         One transaction: a lock taken by any process either committed before (and the entry
@@ -526,7 +542,7 @@ class Index:
         with self.transaction() as db:
             excess = self.usage(db) - target_usage
             if excess <= 0:
-                return []
+                return Eviction()
             # Set-based: a pass may evict tens of thousands of entries (bench: 100k entries).
             db.execute("CREATE TEMP TABLE IF NOT EXISTS evict_keys (key TEXT PRIMARY KEY)")
             db.execute("DELETE FROM evict_keys")
@@ -551,7 +567,31 @@ class Index:
                 (now, reason, by_owner),
             )
             db.execute("DELETE FROM entries WHERE key IN (SELECT key FROM evict_keys)")
-        return [Evicted(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+            evicted = Eviction(Evicted(r[0], r[1], r[2], r[3], r[4]) for r in rows)
+            if evicted:
+                # Their bytes stay counted until the files are gone (finish_unlink): until then
+                # no reservation, by any process, may use the space they still take on disk.
+                me = os.getpid()
+                cursor = db.execute(
+                    "INSERT INTO unlinking (pid, pid_start, bytes, files, time) VALUES (?,?,?,?,?)",
+                    (me, process_start_time(me), sum(e.bytes for e in evicted),
+                     json.dumps([e.file_name for e in evicted]), now),
+                )  # fmt: skip
+                evicted.unlink_id = cursor.lastrowid
+        return evicted
+
+    def finish_unlink(self, unlink_id: int) -> None:
+        """The evicted files of a batch are gone from disk: stop counting their bytes."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM unlinking WHERE id = ?", (unlink_id,))
+
+    def dead_unlinks(self) -> list[tuple[int, list[str]]]:
+        """Batches whose evicting process died before unlinking: (id, file names) to finish."""
+        return [
+            (r["id"], json.loads(r["files"]))
+            for r in self.query("SELECT id, pid, pid_start, files FROM unlinking")
+            if not is_alive(r["pid"], r["pid_start"])
+        ]
 
     def file_names(self) -> set[str]:
         return {r[0] for r in self.query("SELECT file_name FROM entries")}

@@ -95,11 +95,19 @@ class Store:
                     continue
         return total
 
+    def finish_dead_unlinks(self, index: Index) -> None:
+        """Unlink what a process that died mid-eviction left, then stop counting those bytes."""
+        for unlink_id, files in index.dead_unlinks():
+            for file_name in files:
+                self.unlink(file_name)
+            index.finish_unlink(unlink_id)
+
     def recover(self, index: Index) -> RecoveryReport:
         """Make files and index agree after a crash: sweep orphans, drop rows of lost files,
         reclaim dead owners' locks and claims. Keeps every present range (resume, not restart).
         """
         reclaimed = index.reclaim_dead()
+        self.finish_dead_unlinks(index)
         # Walk first, then read the index: a row another daemon inserts meanwhile cannot make
         # its brand-new file look like an orphan.
         found = [

@@ -57,6 +57,7 @@ def collect(
     """One pass. `needed` > 0: a fetch is waiting for that many bytes (pressure)."""
     started = time.perf_counter()
     reclaimed = index.reclaim_dead()
+    store.finish_dead_unlinks(index)
     usage = index.usage()
     if needed > 0:
         target = min(policy.end_bytes, policy.capacity - needed)
@@ -69,6 +70,8 @@ def collect(
     evicted = index.evict_lru(max(0, target), owner_id, reason)
     for entry in evicted:
         store.unlink(entry.file_name)
+    if evicted.unlink_id is not None:
+        index.finish_unlink(evicted.unlink_id)
     after = index.usage()
     report = GcReport(usage, after, evicted, reclaimed, time.perf_counter() - started)
     if evicted:

@@ -85,11 +85,13 @@ def _gather(
         "SELECT COALESCE(SUM(present),0), COUNT(*), COALESCE(SUM(complete),0) FROM entries"
     )[0]
     reserved = q("SELECT COALESCE(SUM(bytes),0) FROM claims")[0][0]
+    unlinking = q("SELECT COALESCE(SUM(bytes),0) FROM unlinking")[0][0]
     store_info.update(
         exists=True,
         present=present,
         reserved=reserved,
-        usage=present + reserved,
+        unlinking=unlinking,
+        usage=present + reserved + unlinking,
         entries=entries,
         complete=complete,
     )
