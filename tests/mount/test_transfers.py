@@ -20,7 +20,7 @@ from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.mounts import ROOT, mounted, run_wtfs, write_config
 from wtfs.devgirder.control import LocalGirder
 
-SEED_001 = next((ROOT.parent / "shared" / "seeds").glob("001_*.txt"))
+SEEDS = ROOT.parent / "shared" / "seeds"  # CI puts shared/ beside the clone
 
 
 def session_of(*files: BigFile) -> list[dict[str, str]]:
@@ -29,7 +29,9 @@ def session_of(*files: BigFile) -> list[dict[str, str]]:
 
 def seed_transfer_example() -> dict[str, Any]:
     """The example response of seed 001's `GET /dm/transfer`."""
-    text = SEED_001.read_text()
+    found = sorted(SEEDS.glob("001_*.txt"))
+    assert found, f"seed 001 not found in {SEEDS}: the test compares against its example"
+    text = found[0].read_text()
     section = text[text.index("#### List transfers") :]
     block = section[
         section.index("```json") + len("```json") : section.index(
