@@ -678,6 +678,10 @@ class _BlockSink(Sink):
         self._block = -1
         self._claim: int | None = None
         self._skip = False
+        # The claimed span of the current block, and how far its bytes are written: bytes on
+        # disk are always either committed (counted as present) or under a claim (counted).
+        self._span_start = 0
+        self._written_to = 0
 
     def owns_block(self, block: int) -> bool:
         return self.start // self.block_size <= block <= (self.end - 1) // self.block_size
@@ -692,6 +696,7 @@ class _BlockSink(Sink):
             take = min(len(view), block_end - offset)
             if not self._skip:
                 os.pwrite(self.entry.fd, view[:take], offset)
+                self._written_to = offset + take
                 self.transferred += take
                 self.manager.stats.fetched(take)
             offset += take
@@ -706,31 +711,40 @@ class _BlockSink(Sink):
         if self.entry.ranges.present(start, end):
             raise _StopRun
         self._claim = await self.manager.reserve(self.entry, start, end)
+        self._span_start = self._written_to = start
         self._skip = self._claim is None
         if self._skip:
             raise _StopRun
 
     async def _finish(self, block: int, block_end: int) -> None:
-        start = max(self.start, block * self.block_size)
-        if self._claim is not None:
-            sync = self.manager.index.sync
-            transfer = (self.transfer_id, self.transferred) if self.transfer_id else None
-            self.entry.ranges = await self.manager.index.run(
-                sync.commit_range,
-                self._claim,
-                self.entry.ref.key,
-                start,
-                block_end,
-                transfer,
-                file_name=self.entry.file_name,
-            )
-            self._claim = None
+        with trio.CancelScope(shield=True):  # written bytes must not outlive their claim uncounted
+            await self._commit(block_end)
         event = self.entry.pending.pop(block, None)
         if event is not None:
             event.set()
 
+    async def _commit(self, end: int) -> None:
+        """Record [span start, end) as present and free the claim."""
+        if self._claim is None:
+            return
+        transfer = (self.transfer_id, self.transferred) if self.transfer_id else None
+        self.entry.ranges = await self.manager.index.run(
+            self.manager.index.sync.commit_range,
+            self._claim,
+            self.entry.ref.key,
+            self._span_start,
+            end,
+            transfer,
+            file_name=self.entry.file_name,
+        )
+        self._claim = None
+
     async def release_claim(self) -> None:
-        if self._claim is not None:
+        """At the end of a run: keep what a cut-short block wrote (it is valid data), free the
+        rest of its claim."""
+        if self._claim is not None and self._written_to > self._span_start:
+            await self._commit(self._written_to)
+        elif self._claim is not None:
             await self.manager.index.run(self.manager.index.sync.release_claim, self._claim)
             self._claim = None
 
