@@ -205,6 +205,13 @@ class CacheManager:
         try:
             async with self._load_lock:  # concurrent first opens must share one LiveEntry
                 entry = self._entries.get(ref.key)
+                if entry is not None and entry.opens == 0:
+                    # Held only by a run winding down: while unlocked, another process may
+                    # have evicted it. Keep it only if the index still names its file.
+                    row = await self.index.run(self.index.sync.get_entry, ref.key)
+                    if row is None or row.file_name != entry.file_name:
+                        del self._entries[ref.key]
+                        entry = None
                 if entry is None:
                     entry = await self._load_entry(ref)
                 entry.opens += 1
@@ -248,9 +255,11 @@ class CacheManager:
             self._maybe_close(entry)
 
     def _maybe_close(self, entry: LiveEntry) -> None:
-        if entry.opens == 0 and entry.runs == 0 and self._entries.get(entry.ref.key) is entry:
-            del self._entries[entry.ref.key]
+        if entry.opens == 0 and entry.runs == 0 and entry.fd >= 0:
+            if self._entries.get(entry.ref.key) is entry:
+                del self._entries[entry.ref.key]
             os.close(entry.fd)
+            entry.fd = -1
 
     # -- reads --------------------------------------------------------------------------------
 
