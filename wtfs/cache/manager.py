@@ -408,6 +408,10 @@ class CacheManager:
             entry.cancel_scopes.discard(scope)
             with trio.CancelScope(shield=True):
                 await sink.release_claim()
+                # Here, not after the transfer: a run cancelled by the last close may be the
+                # one that committed the last block.
+                if not entry.complete and entry.ranges.total == entry.ref.size:
+                    await self._complete(entry)
             for b in blocks:
                 event = entry.pending.pop(b, None)
                 if event is not None:
@@ -480,8 +484,6 @@ class CacheManager:
                 if error is not None:
                     fields["error"] = error.cause
                 await self.index.run(sync.transfer_update, tid, **fields)
-        if not entry.complete and entry.ranges.total == ref.size:
-            await self._complete(entry)
 
     async def _new_transfer(self, ref: FileRef, start: int, size: int) -> int:
         """A transfer record (INITIALIZING) for `size` bytes of `ref` from `start`."""
