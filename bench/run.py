@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fcntl
 import hashlib
 import importlib.metadata
 import os
@@ -176,6 +177,12 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     WORK.mkdir(parents=True, exist_ok=True)
+    # One run at a time per bench/work: two runs would wipe each other's Girders and mounts.
+    lock = open(WORK / ".lock", "w")  # noqa: SIM115 - held until the process exits
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        parser.error(f"another bench run is using {WORK} (lock {WORK / '.lock'})")
     started = time.monotonic()
     info = machine()
     load_start = Path("/proc/loadavg").read_text().split()[:3]

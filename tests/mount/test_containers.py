@@ -152,7 +152,7 @@ def test_root_of_a_user_namespace_is_not_the_mounter(
         capture_output=True, text=True,
     )  # fmt: skip
     if probe.returncode != 0:
-        pytest.skip(f"no unprivileged user namespaces here: {probe.stderr.strip()}")
+        pytest.fail(f"no unprivileged user namespaces here: {probe.stderr.strip()}")
     config = shared_with_notebook(base_config, allow_other=allow_other)
     as_container_root = f"{AS_NOTEBOOK} unshare --user --map-root-user"
     stat = f'{as_container_root} stat -c "%u:%g" "$CTR/data/{CSV}" || true'

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["DevGirderError", "LocalGirder", "bulk_file_content", "bulk_item_name"]
 
 logger = logging.getLogger(__name__)
+READY_POLL = 0.05  # seconds between readiness probes (sync tooling, not trio code)
 
 ADMIN_LOGIN = "admin"
 _PR_SET_PDEATHSIG = 1
@@ -179,7 +180,7 @@ class LocalGirder:
                 raise DevGirderError(
                     f"dev girder not ready at {url} in time; log tail:\n" + self.log_tail()
                 )
-            time.sleep(0.05)
+            time.sleep(READY_POLL)
 
     def _bootstrap(self) -> None:
         password = secrets.token_urlsafe(18)
