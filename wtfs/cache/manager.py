@@ -667,9 +667,12 @@ class CacheManager:
         freed = entry.ranges.overlap(0, behind)
         if freed == 0:
             return 0
-        await trio.to_thread.run_sync(self.store.punch_hole, entry.fd, 0, behind)
-        entry.ranges = await self.index.run(self.index.sync.drop_ranges, entry.ref.key, 0, behind)
+        # Forget the bytes before punching them out: a read served while the punch runs must
+        # see them missing (and fetch), never read the hole's zeros.
+        entry.ranges.remove(0, behind)
         entry.complete = False
+        entry.ranges = await self.index.run(self.index.sync.drop_ranges, entry.ref.key, 0, behind)
+        await trio.to_thread.run_sync(self.store.punch_hole, entry.fd, 0, behind)
         log.info(
             "%s: dropped %d bytes behind the reader to stay under capacity", entry.ref.path, freed
         )
