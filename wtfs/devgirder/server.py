@@ -116,21 +116,59 @@ def _bump_version_after(cls: Any, name: str) -> None:
     setattr(cls, name, wrapper)
 
 
-def _indexed_candidates(store: Any, spec: dict[str, Any]) -> list[Any] | None:
-    """Documents that may match `spec`, from an equality index; None: scan instead."""
+def _indexed_candidates(store: Any, spec: dict[str, Any]) -> tuple[list[Any], str] | None:
+    """Documents that may match `spec` from an equality index, and the field it answered;
+    None: scan instead.
+
+    An equality or an `$in` on one field is answered from the index, as MongoDB would.
+    """
     for name, value in spec.items():
-        if name.startswith("$") or "." in name or isinstance(value, dict | list):
+        if name.startswith("$") or "." in name or isinstance(value, list):
             continue
+        if isinstance(value, dict):
+            if set(value) != {"$in"} or not isinstance(value["$in"], list):
+                continue
+            wanted = value["$in"]
+        else:
+            wanted = [value]
         if name == "_id":
-            return [store[value]] if value in store else []
+            return [store[v] for v in dict.fromkeys(wanted) if v in store], name
         index = _field_index(store, name)
         if index is not None:
             try:
-                ids = index.get(value, ())
+                ids = [i for v in dict.fromkeys(wanted) for i in index.get(v, ())]
             except TypeError:
                 return None
-            return [store[i] for i in ids if i in store]
+            if getattr(store, "_ttl_indexes", True):  # expiry runs on every store access
+                return [store[i] for i in ids if i in store], name
+            documents = store._documents  # under the DB lock: no reader lock per document
+            return [documents[i] for i in ids if i in documents], name
     return None
+
+
+def _sorted_matches(collection: Any, spec: Any, sort: Any) -> list[Any]:
+    """The documents matching `spec`, uncopied, in `sort` order (as mongomock sorts them)."""
+    import mongomock.filtering as filtering
+    from bson import ObjectId
+
+    docs = list(collection._iter_documents(spec))
+    keys = [tuple(k) for k in (sort.items() if isinstance(sort, dict) else sort or [])]
+    if keys == [("_id", 1)] and all(type(doc["_id"]) is ObjectId for doc in docs):
+        docs.sort(key=lambda doc: doc["_id"])  # ObjectIds order by their bytes, as in BSON
+        return docs
+    for key, direction in reversed(keys):
+        if key == "$natural":
+            if direction < 0:
+                docs.reverse()
+            continue
+        if key.startswith("$"):
+            raise NotImplementedError(f"Sorting by {key} is not implemented in mongomock yet")
+        docs.sort(key=functools.partial(_sort_key, filtering, key), reverse=direction < 0)
+    return docs
+
+
+def _sort_key(filtering: Any, key: str, doc: Any) -> Any:
+    return filtering.resolve_sort_key(key, doc)
 
 
 def _field_index(store: Any, field: str) -> dict[Any, list[Any]] | None:
@@ -206,11 +244,37 @@ def install_shims(redis_url: str = DEFAULT_REDIS_URL) -> None:
         found = _indexed_candidates(self._store, spec) if isinstance(spec, dict) else None
         if found is None:
             return original_iter(self, spec)
-        return iter([doc for doc in found if filter_applies(spec, doc)])
+        # The index matched its field exactly; mongomock's `$in` check is a list scan per
+        # document (quadratic for a page of ids), so only the rest of the filter is checked.
+        candidates, answered = found
+        rest = {k: v for k, v in spec.items() if k != answered}
+        return iter([doc for doc in candidates if filter_applies(rest, doc)])
 
     for method in ("_insert", "_update", "_delete", "drop"):
         _bump_version_after(mm.collection.Collection, method)
     mm.collection.Collection._iter_documents = iter_documents
+
+    # 3c. MongoDB walks an index in sort order and stops at skip + limit; mongomock copies
+    # (and makes tz-aware) every match before slicing, so each 1,000-item page of a 10,000-item
+    # folder cost ~0.45 s. Sort the matches uncopied and copy only the page.
+    original_compute = mm.collection.Cursor._compute_results
+
+    def compute_results(self: Any, with_limit_and_skip: bool = False) -> Any:
+        if not with_limit_and_skip or not self._limit:
+            return original_compute(self, with_limit_and_skip)
+        window = self.__dict__.get("_wtfs_window")
+        if window is not None and window[0] is self._factory:
+            return window[1]
+        coll = self.collection
+        docs = _sorted_matches(coll, self._spec, self._sort)
+        page = docs[self._skip : self._skip + abs(self._limit)]
+        results = [coll._copy_only_fields(doc, self._projection, dict) for doc in page]
+        if coll.codec_options.tz_aware:
+            results = [mm.helpers.make_datetime_timezone_aware_in_document(r) for r in results]
+        self._wtfs_window = (self._factory, results)
+        return results
+
+    mm.collection.Cursor._compute_results = compute_results
 
     # 5. One lock around every DB operation (reentrant: find_one runs find, and so on).
     _lock_methods(mm.collection.Collection)
