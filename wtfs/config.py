@@ -7,6 +7,7 @@ or from `girder.api_key_file`, and is wrapped in `Secret` so it cannot leak thro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -93,6 +94,9 @@ def format_size(n: float) -> str:
 class GirderConfig:
     api_url: str | None = None
     api_key_file: Path | None = None
+    #: list folders with the server's wtfs plugin (items with their files, one request per
+    #: page) when the server has it; false: always one request per item, as stock Girder needs
+    bulk_listing: bool = True
     #: resolved at load time from GIRDER_API_KEY or api_key_file; never from argv
     api_key: Secret | None = field(default=None, repr=False, compare=False)
 
@@ -305,6 +309,7 @@ def _build(raw: Mapping[str, Any], base: Path) -> Config:
     girder = GirderConfig(
         api_url=api_url.rstrip("/") if isinstance(api_url, str) else None,
         api_key_file=_path(key_file, "girder.api_key_file", base) if key_file else None,
+        bulk_listing=_bool(girder_raw, "bulk_listing", GirderConfig.bulk_listing, "girder."),
     )
 
     capacity = parse_size(
@@ -437,5 +442,5 @@ def _with_api_key(config: Config, env: Mapping[str, str]) -> Config:
             raise ConfigError(f"girder.api_key_file: {key_file} is empty")
     if key is None:
         return config
-    girder = GirderConfig(config.girder.api_url, config.girder.api_key_file, Secret(key))
+    girder = dataclasses.replace(config.girder, api_key=Secret(key))
     return Config(**{**{f.name: getattr(config, f.name) for f in fields(config)}, "girder": girder})

@@ -58,6 +58,7 @@ def make_girder(config: Config) -> GirderClient | None:
         config.girder.api_key,
         connect_timeout=config.network.connect_timeout,
         read_timeout=config.network.read_timeout,
+        bulk_listing=config.girder.bulk_listing,
     )
 
 

@@ -60,8 +60,11 @@ class GirderClient:
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        bulk_listing: bool = True,
     ) -> None:
         tune_httpcore()
+        #: None: not known yet whether the server has the wtfs plugin (wtfs.girder_plugin)
+        self._bulk_listing: bool | None = None if bulk_listing else False
         self.api_url = api_url.rstrip("/")
         self._api_key = api_key
         self._token: Secret | None = None
@@ -218,6 +221,27 @@ class GirderClient:
 
     def list_files(self, item_id: str) -> AsyncIterator[dict[str, Any]]:
         return self.paged(f"item/{item_id}/files", {"sort": "_id"})
+
+    async def items_with_files(self, folder_id: str) -> list[dict[str, Any]] | None:
+        """The folder's items, each with a `files` list, through the server's wtfs plugin.
+
+        None when the server does not have the plugin (then: `list_items` + `list_files`).
+        A 404 of the route says so once; it is not asked again.
+        """
+        if self._bulk_listing is False:
+            return None
+        try:
+            items = [i async for i in self.paged(f"wtfs/folder/{folder_id}/items", {"sort": "_id"})]
+        except NotFound:
+            if self._bulk_listing is None:
+                log.info("Girder has no wtfs plugin: listing files one item at a time")
+                self._bulk_listing = False
+                return None
+            raise
+        if not all(isinstance(i, dict) and isinstance(i.get("files"), list) for i in items):
+            raise TransferFailed(f"GET wtfs/folder/{folder_id}/items: items without file lists")
+        self._bulk_listing = True
+        return items
 
 
 class _BadRequest(WtfsError):

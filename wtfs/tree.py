@@ -261,8 +261,15 @@ class Tree:
         assert node.folder_id is not None
         started = time.monotonic()
         folders = [f async for f in girder.list_folders(node.folder_id)]
-        items = [i async for i in girder.list_items(node.folder_id)]
-        files = await self._files_of([i for i in items if "phys_path" not in (i.get("meta") or {})])
+        bulk = await girder.items_with_files(node.folder_id)
+        if bulk is not None:
+            items = bulk
+            files = {str(i["_id"]): i.pop("files") for i in items}
+        else:
+            items = [i async for i in girder.list_items(node.folder_id)]
+            files = await self._files_of(
+                [i for i in items if "phys_path" not in (i.get("meta") or {})]
+            )
         objects = [(str(f.get("name", "")), str(f["_id"])) for f in folders]
         objects += [(str(i.get("name", "")), str(i["_id"])) for i in items]
         names = posix_names(objects)

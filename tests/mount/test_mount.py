@@ -342,13 +342,51 @@ def test_a_second_mount_lists_a_folder_without_per_item_requests(
         routes = girder.stats()["by_route"]
         return sum(v["requests"] for k, v in routes.items() if k.endswith("/files"))
 
+    stock = {**base_config, "girder": {**base_config["girder"], "bulk_listing": False}}
     girder.reset_stats()
-    with mounted(tmp_path / "first", base_config, data_set) as m:
+    with mounted(tmp_path / "first", stock, data_set) as m:
         assert len(os.listdir(m.mountpoint / "many")) == 120
     assert file_list_requests() == 120  # stock Girder: one request per item, the first time
     girder.reset_stats()
-    with mounted(tmp_path / "second", base_config, data_set) as m:
+    with mounted(tmp_path / "second", stock, data_set) as m:
         assert len(os.listdir(m.mountpoint / "many")) == 120
         first = sorted(os.listdir(m.mountpoint / "many"))[0]
         assert (m.mountpoint / "many" / first).read_bytes()
     assert file_list_requests() == 0  # the store's metadata cache answered
+
+
+def _walk(top: Path) -> list[tuple[str, bool, int, int]]:
+    """(path, is_dir, size, mtime_ns) of everything under `top`, sorted."""
+    found = []
+    for directory, dirs, files in os.walk(top):
+        for name in dirs + files:
+            path = Path(directory) / name
+            st = path.lstat()
+            found.append((str(path.relative_to(top)), path.is_dir(), st.st_size, st.st_mtime_ns))
+    return sorted(found)
+
+
+def test_the_servers_wtfs_plugin_lists_a_folder_in_one_request_per_page_same_tree(
+    tmp_path: Path, base_config: dict[str, Any], sample: SampleData, girder: LocalGirder
+) -> None:
+    data_set = [
+        {"itemId": sample.folders["experiment"], "mountPath": "/experiment"},
+        {"itemId": sample.many_folder_id, "mountPath": "/many"},
+    ]
+    stock = {**base_config, "girder": {**base_config["girder"], "bulk_listing": False}}
+    girder.reset_stats()
+    with mounted(tmp_path / "bulk", base_config, data_set) as m:
+        bulk_tree = _walk(m.mountpoint)
+    routes = girder.stats()["by_route"]
+    assert not [k for k in routes if k.endswith("/files")]  # no request per item
+    plugin_pages = sum(v["requests"] for k, v in routes.items() if "/wtfs/" in k)
+    assert plugin_pages == 4  # one page for each of experiment, raw, notes and many
+
+    with mounted(tmp_path / "stock", stock, data_set) as m:
+        stock_tree = _walk(m.mountpoint)
+    assert bulk_tree == stock_tree
+    kinds = {path: is_dir for path, is_dir, _, _ in bulk_tree}
+    assert kinds["experiment/raw/scan-001"] is True  # two files: a directory
+    assert kinds["experiment/raw/scan-001/scan-001.hdr"] is False
+    assert kinds["experiment/raw/measurements.csv"] is False
+    assert len([p for p in kinds if p.startswith("many/")]) == 120

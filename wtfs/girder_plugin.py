@@ -1,0 +1,74 @@
+"""A Girder server plugin: list a folder's items *with their files* in one request per page.
+
+Stock Girder can only list the files of one item per request (`GET /item/{id}/files`), so a
+client that must tell a one-file item (shown as a file) from a multi-file item (a directory)
+needs N + 1 requests for a folder of N items: ~40 s for 10,000 items. This plugin answers
+
+    GET /wtfs/folder/{id}/items?limit=&offset=
+
+with the same items, in the same order and with the same access checks as
+`GET /item?folderId={id}&sort=_id`, each carrying a `files` list as `GET /item/{id}/files`
+would give it: two database queries per page (the files by `itemId $in`, an indexed field).
+
+It runs inside the Girder server, never in the wtfs daemon: Girder loads it when the `wtfs`
+distribution is installed in the server's environment (entry point `girder.plugin`). The
+daemon uses it when present and falls back to per-item requests when it is not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from girder.api import access
+from girder.api.describe import Description, autoDescribeRoute
+from girder.api.rest import Resource
+from girder.constants import AccessType, SortDir, TokenScope
+from girder.models.file import File
+from girder.models.folder import Folder
+from girder.models.item import Item
+from girder.plugin import GirderPlugin
+
+ROUTE = "wtfs"
+MAX_LIMIT = 5000
+
+
+class WtfsListing(Resource):
+    def __init__(self) -> None:
+        super().__init__()
+        self.resourceName = ROUTE
+        self.route("GET", ("folder", ":id", "items"), self.items_with_files)
+
+    @access.public(scope=TokenScope.DATA_READ)
+    @autoDescribeRoute(
+        Description("List a folder's items, each with its files, sorted by _id.")
+        .modelParam("id", model=Folder, level=AccessType.READ)
+        .pagingParams(defaultSort="_id", defaultLimit=1000)
+        .errorResponse("Read access was denied on the folder.", 403)
+    )
+    def items_with_files(
+        self, folder: dict[str, Any], limit: int, offset: int, sort: Any
+    ) -> list[dict[str, Any]]:
+        user = self.getCurrentUser()
+        limit = min(limit or MAX_LIMIT, MAX_LIMIT)  # 0 means "all" to Girder: bound each page
+        items = [
+            Item().filter(item, user)
+            for item in Folder().childItems(folder=folder, limit=limit, offset=offset, sort=sort)
+        ]
+        by_item: dict[str, list[dict[str, Any]]] = {str(item["_id"]): [] for item in items}
+        if items:
+            files = File().find(
+                {"itemId": {"$in": [item["_id"] for item in items]}},
+                sort=[("_id", SortDir.ASCENDING)],
+            )
+            for doc in files:
+                by_item[str(doc["itemId"])].append(File().filter(doc, user))
+        for item in items:
+            item["files"] = by_item[str(item["_id"])]
+        return items
+
+
+class WtfsPlugin(GirderPlugin):
+    DISPLAY_NAME = "wtfs bulk listing"
+
+    def load(self, info: dict[str, Any]) -> None:
+        info["apiRoot"].wtfs = WtfsListing()
