@@ -374,7 +374,8 @@ def listing(ctx: Context) -> list[Row]:
             path = mount.mountpoint / "big"
             started = time.perf_counter()
             try:
-                with ctx.profiler.record("listing", [mount.pid]) if r == 0 else _null():
+                pids = [mount.pid, girder.process.pid]  # the daemon and the server
+                with ctx.profiler.record("listing", pids) if r == 0 else _null():
                     lines, seconds = _ls(path, timeout=cap)
             except subprocess.TimeoutExpired:
                 made = int(girder.stats()["requests"])
@@ -407,6 +408,7 @@ def listing(ctx: Context) -> list[Row]:
                     f"{r + 1} run(s) to keep the run time sane"
                 )
                 break
+        stock, stock_reqs = _stock_listing(cleanup, girder, folder["_id"], count)
         gcm = start_gcm(cleanup, girder, "listing-gcm", "collection/bench-listing/big")
         try:
             lines, seconds = _ls(gcm.mountpoint / "collection/bench-listing/big", timeout=60)
@@ -422,6 +424,11 @@ def listing(ctx: Context) -> list[Row]:
             f"listing: the first listing made {median(reqs):.0f} Girder requests (median) "
             f"for {count} items"
         )
+    stock_text = (
+        f"{stock:.1f} s ({stock_reqs} requests)"
+        if stock is not None
+        else f"> {LISTING_STOCK_CAP:.0f} s ({stock_reqs} requests by then)"
+    )
     first_text = capped or f"{median(first):.2f} s"
     warm_text = "not measured (first listing capped)" if capped else f"{median(warm):.3f} s"
     return [
@@ -434,6 +441,14 @@ def listing(ctx: Context) -> list[Row]:
             not capped and median(first) < 2,
         ),
         Row(
+            "4a'. the same, stock Girder API (no wtfs plugin: a request per item)",
+            stock_text,
+            gcm_text,
+            None,
+            "< 2 s",
+            stock is not None and stock < 2,
+        ),
+        Row(
             "4b. ls -l of 10,000 items, warm listing",
             warm_text,
             "–",
@@ -442,6 +457,36 @@ def listing(ctx: Context) -> list[Row]:
             not capped and median(warm) < 0.2,
         ),
     ]
+
+
+LISTING_STOCK_CAP = 120.0
+
+
+def _stock_listing(
+    cleanup: Cleanup, girder: Any, folder_id: str, count: int
+) -> tuple[float | None, int]:
+    """One first `ls -l` with the server's wtfs plugin unused: what a stock Girder costs."""
+    api = {"api_url": girder.api_url, "api_key_file": str(girder.api_key_file)}
+    mount = start_wtfs(
+        cleanup,
+        girder,
+        "listing-stock",
+        [{"itemId": folder_id, "mountPath": "/big"}],
+        store=_fresh_store("listing"),
+        extra={"girder": {**api, "bulk_listing": False}},
+    )
+    girder.reset_stats()
+    try:
+        lines, seconds = _ls(mount.mountpoint / "big", timeout=LISTING_STOCK_CAP)
+    except subprocess.TimeoutExpired:
+        return None, int(girder.stats()["requests"])
+    finally:
+        made = int(girder.stats()["requests"])
+        _stop(cleanup, mount)
+    if lines != count + 1:
+        raise RuntimeError(f"ls -l printed {lines} lines, expected {count + 1}")
+    log(f"listing, stock Girder API: {seconds:.1f}s ({made} requests)")
+    return seconds, made
 
 
 class _null:
