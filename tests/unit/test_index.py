@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable
 
 from wtfs.cache.index import CLAIM_LEASE, Index, TransferStatus
 from wtfs.cache.owner import Owner
 from wtfs.cache.ranges import Ranges
+from wtfs.cache.store import Store
 
 FillEntry = Callable[..., None]  # the `fill_entry` fixture
 
@@ -465,6 +467,55 @@ def test_eviction_never_takes_an_entry_with_a_claim(
     evicted = index.evict_lru(0, me.owner_id, "gc")
     assert [e.key for e in evicted] == ["new"]
     assert index.get_entry("old") is not None
+
+
+def test_eviction_breaks_atime_ties_by_key_and_skips_empty_entries(
+    index: Index, me: Owner, fill_entry: FillEntry
+) -> None:
+    for key in ("b", "a", "c"):
+        fill_entry(key, 100)
+    new_entry(index, "empty", 100)  # opened, never read: nothing to free
+    same = time.time() + 100
+    index.heartbeat(me, {}, {"b": same, "a": same, "c": same, "empty": same - 50})
+    evicted = index.evict_lru(100, me.owner_id, "gc")
+    assert [e.key for e in evicted] == ["a", "b"]
+    assert index.get_entry("empty") is not None
+
+
+def test_a_large_eviction_is_complete_exact_and_in_lru_order(index: Index, me: Owner) -> None:
+    # More entries than one read of the LRU walk fetches; inserted directly to stay fast.
+    n = 10_000
+    with index.transaction() as db:
+        db.executemany(
+            "INSERT INTO entries (key, item_id, file_name, size, source, present, atime, created)"
+            " VALUES (?, ?, ?, 10, 'x', 10, ?, 0)",
+            [(f"k{i:05d}", f"item-{i}", f"f/{i}", float(n - i)) for i in range(n)],
+        )
+    index.acquire_lock("item-9990", "s", me)  # the least recently used one is locked
+    evicted = index.evict_lru(10 * (n - 9001), me.owner_id, "gc")
+    expected = [f"k{i:05d}" for i in range(n - 1, -1, -1) if i != 9990][:9001]
+    assert [e.key for e in evicted] == expected
+    assert [e.file_name for e in evicted][:2] == ["f/9999", "f/9998"]
+    rows = index.query("SELECT key, bytes FROM evictions ORDER BY id")
+    assert [(r["key"], r["bytes"]) for r in rows] == [(k, 10) for k in expected]
+    assert index.query("SELECT COUNT(*) FROM entries")[0][0] == n - 9001
+    assert index.get_entry("k09990") is not None
+    [batch] = index.query("SELECT bytes, files FROM unlinking")
+    assert batch["bytes"] == 10 * 9001
+    assert json.loads(batch["files"]) == [e.file_name for e in evicted]
+
+
+def test_an_index_from_an_earlier_version_gets_the_lru_index(store: Store) -> None:
+    Index(store.index_path).close()
+    db = sqlite3.connect(store.index_path)  # as an earlier version left it
+    db.execute("DROP INDEX entries_lru")
+    db.execute("CREATE INDEX entries_atime ON entries(atime)")
+    db.commit()
+    db.close()
+    index = Index(store.index_path)
+    names = {r[0] for r in index.query("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    index.close()
+    assert "entries_lru" in names and "entries_atime" not in names
 
 
 def test_heartbeat_atimes_never_move_backwards(

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from wtfs.cache.owner import Owner, is_alive, process_start_time
 from wtfs.cache.ranges import Ranges
@@ -50,7 +50,9 @@ CREATE TABLE IF NOT EXISTS entries (
     atime REAL NOT NULL,
     created REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS entries_atime ON entries(atime);
+-- The LRU order of eviction (replaces entries_atime(atime) of earlier versions)
+CREATE INDEX IF NOT EXISTS entries_lru ON entries(atime, key);
+DROP INDEX IF EXISTS entries_atime;
 CREATE INDEX IF NOT EXISTS entries_item ON entries(item_id);
 CREATE TABLE IF NOT EXISTS owners (
     owner_id TEXT PRIMARY KEY,
@@ -182,8 +184,7 @@ class Eviction(list["Evicted"]):
     unlink_id: int | None = None
 
 
-@dataclass(frozen=True)
-class Evicted:
+class Evicted(NamedTuple):  # a tuple: a pass builds tens of thousands of them
     key: str
     item_id: str
     file_name: str
@@ -543,41 +544,32 @@ class Index:
             excess = self.usage(db) - target_usage
             if excess <= 0:
                 return Eviction()
-            # Set-based: a pass may evict tens of thousands of entries (bench: 100k entries).
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS evict_keys (key TEXT PRIMARY KEY)")
-            db.execute("DELETE FROM evict_keys")
-            db.execute(
-                "INSERT INTO evict_keys SELECT key FROM ("
-                "  SELECT key, present, SUM(present) OVER (ORDER BY atime, key"
-                "    ROWS UNBOUNDED PRECEDING) AS freed FROM entries"
-                "  WHERE present > 0"
-                "  AND item_id NOT IN (SELECT item_id FROM locks)"
-                "  AND key NOT IN (SELECT key FROM claims))"
-                " WHERE freed - present < ?",
-                (excess,),
-            )
-            rows = db.execute(
-                "SELECT key, item_id, file_name, present, path FROM entries"
-                " WHERE key IN (SELECT key FROM evict_keys) ORDER BY atime, key"
-            ).fetchall()
+            # A pass may evict tens of thousands of entries (bench: ~47k of 100k): choose them
+            # in one walk of the LRU index that stops once enough bytes are found, then insert
+            # and delete set-based, by rowid.
+            chosen = _least_recently_used(db, excess)
+            if not chosen:
+                return Eviction()
+            rowids = json.dumps([row[5] for row in chosen])
             db.execute(
                 "INSERT INTO evictions (key, item_id, path, bytes, time, reason, by_owner)"
-                " SELECT key, item_id, path, present, ?, ?, ? FROM entries"
-                " WHERE key IN (SELECT key FROM evict_keys) ORDER BY atime, key",
-                (now, reason, by_owner),
+                " SELECT e.key, e.item_id, e.path, e.present, ?, ?, ?"
+                " FROM json_each(?) AS j JOIN entries AS e ON e.rowid = j.value ORDER BY j.key",
+                (now, reason, by_owner, rowids),
             )
-            db.execute("DELETE FROM entries WHERE key IN (SELECT key FROM evict_keys)")
-            evicted = Eviction(Evicted(r[0], r[1], r[2], r[3], r[4]) for r in rows)
-            if evicted:
-                # Their bytes stay counted until the files are gone (finish_unlink): until then
-                # no reservation, by any process, may use the space they still take on disk.
-                me = os.getpid()
-                cursor = db.execute(
-                    "INSERT INTO unlinking (pid, pid_start, bytes, files, time) VALUES (?,?,?,?,?)",
-                    (me, process_start_time(me), sum(e.bytes for e in evicted),
-                     json.dumps([e.file_name for e in evicted]), now),
-                )  # fmt: skip
-                evicted.unlink_id = cursor.lastrowid
+            db.execute(
+                "DELETE FROM entries WHERE rowid IN (SELECT value FROM json_each(?))", (rowids,)
+            )
+            evicted = Eviction(Evicted(r[0], r[1], r[2], r[3], r[4]) for r in chosen)
+            # Their bytes stay counted until the files are gone (finish_unlink): until then
+            # no reservation, by any process, may use the space they still take on disk.
+            me = os.getpid()
+            cursor = db.execute(
+                "INSERT INTO unlinking (pid, pid_start, bytes, files, time) VALUES (?,?,?,?,?)",
+                (me, process_start_time(me), sum(e.bytes for e in evicted),
+                 json.dumps([e.file_name for e in evicted]), now),
+            )  # fmt: skip
+            evicted.unlink_id = cursor.lastrowid
         return evicted
 
     def finish_unlink(self, unlink_id: int) -> None:
@@ -695,6 +687,36 @@ class Index:
                     (max_count,),
                 ).rowcount
             return removed
+
+
+def _least_recently_used(db: sqlite3.Connection, excess: int) -> list[tuple[Any, ...]]:
+    """The evictable entries, least recently used first, until their bytes reach `excess`:
+    (key, item_id, file_name, present, path, rowid) each. Reads no further than it takes.
+    """
+    cursor = db.cursor()
+    cursor.row_factory = None  # plain tuples: cheaper than sqlite3.Row by the ten thousand
+    cursor.execute(
+        "SELECT key, item_id, file_name, present, path, rowid FROM entries"
+        " WHERE present > 0"
+        " AND item_id NOT IN (SELECT item_id FROM locks)"
+        " AND key NOT IN (SELECT key FROM claims)"
+        " ORDER BY atime, key"
+    )
+    chosen: list[tuple[Any, ...]] = []
+    freed = 0
+    try:
+        while freed < excess:
+            batch = cursor.fetchmany(4096)
+            if not batch:
+                break
+            for row in batch:
+                chosen.append(row)
+                freed += row[3]
+                if freed >= excess:
+                    break
+    finally:
+        cursor.close()
+    return chosen
 
 
 def _entry(row: sqlite3.Row) -> EntryRow:
