@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pytest
 
@@ -180,14 +180,15 @@ def test_files_are_unlinked_only_after_the_index_commit(
     fill(index, me, fill_entry, keys)
     by_file = {index.get_entry(k).file_name: k for k in keys}  # type: ignore[union-attr]
     seen: list[tuple[str, bool]] = []
-    real_unlink = store.unlink
+    real_unlink_many = store.unlink_many
 
-    def checking_unlink(file_name: str) -> None:
-        # Another connection (another process) must already see the entry gone.
-        seen.append((by_file[file_name], second_index.get_entry(by_file[file_name]) is None))
-        real_unlink(file_name)
+    def checking_unlink_many(file_names: Iterable[str]) -> None:
+        # Another connection (another process) must already see the entries gone.
+        for file_name in file_names:
+            seen.append((by_file[file_name], second_index.get_entry(by_file[file_name]) is None))
+            real_unlink_many([file_name])
 
-    monkeypatch.setattr(store, "unlink", checking_unlink)
+    monkeypatch.setattr(store, "unlink_many", checking_unlink_many)
     collect(index, store, POLICY, me.owner_id)
     assert seen == [(k, True) for k in keys[:5]]
 

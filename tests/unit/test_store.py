@@ -95,6 +95,14 @@ def test_unlinking_a_missing_file_is_harmless(store: Store) -> None:
     store.unlink("zz/never-existed")
 
 
+def test_unlinking_many_removes_each_file_and_passes_over_missing_ones(store: Store) -> None:
+    names = ["ab/one", "cd/two", "ab/three"]
+    for name in names:
+        os.close(store.open_file(name, 10))
+    store.unlink_many(["ab/one", "zz/never-existed", "cd/two", "ab/three"])
+    assert not any(store.path_of(name).exists() for name in names)
+
+
 def test_punching_a_hole_gives_blocks_back_and_keeps_the_size(store: Store) -> None:
     size = 4 * 1024**2
     fd = store.open_file("ab/holey", size)

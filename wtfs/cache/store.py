@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +72,19 @@ class Store:
         return fd
 
     def unlink(self, file_name: str) -> None:
-        self.path_of(file_name).unlink(missing_ok=True)
+        self.unlink_many((file_name,))
+
+    def unlink_many(self, file_names: Iterable[str]) -> None:
+        """Unlink store files, a missing one being no error. A GC pass may unlink tens of
+        thousands: plain `os.unlink` of str paths, without a `Path` per file (half the time).
+        """
+        prefix = f"{self.data}{os.sep}"
+        unlink = os.unlink
+        for file_name in file_names:
+            try:  # noqa: SIM105 - contextlib.suppress costs more, by the ten thousand
+                unlink(prefix + file_name)
+            except FileNotFoundError:
+                pass
 
     @staticmethod
     def punch_hole(fd: int, start: int, end: int) -> None:
@@ -98,8 +111,7 @@ class Store:
     def finish_dead_unlinks(self, index: Index) -> None:
         """Unlink what a process that died mid-eviction left, then stop counting those bytes."""
         for unlink_id, files in index.dead_unlinks():
-            for file_name in files:
-                self.unlink(file_name)
+            self.unlink_many(files)
             index.finish_unlink(unlink_id)
 
     def recover(self, index: Index) -> RecoveryReport:

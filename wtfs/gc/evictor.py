@@ -68,8 +68,7 @@ def collect(
     else:
         return GcReport(usage, usage, [], reclaimed, time.perf_counter() - started)
     evicted = index.evict_lru(max(0, target), owner_id, reason)
-    for entry in evicted:
-        store.unlink(entry.file_name)
+    store.unlink_many([entry.file_name for entry in evicted])
     if evicted.unlink_id is not None:
         index.finish_unlink(evicted.unlink_id)
     after = index.usage()
