@@ -505,17 +505,21 @@ def test_a_large_eviction_is_complete_exact_and_in_lru_order(index: Index, me: O
     assert json.loads(batch["files"]) == [e.file_name for e in evicted]
 
 
-def test_an_index_from_an_earlier_version_gets_the_lru_index(store: Store) -> None:
+def test_an_index_from_an_earlier_version_gets_the_lru_index_and_sheds_unused_ones(
+    store: Store,
+) -> None:
     Index(store.index_path).close()
     db = sqlite3.connect(store.index_path)  # as an earlier version left it
     db.execute("DROP INDEX entries_lru")
     db.execute("CREATE INDEX entries_atime ON entries(atime)")
+    db.execute("CREATE INDEX entries_item ON entries(item_id)")
     db.commit()
     db.close()
     index = Index(store.index_path)
     names = {r[0] for r in index.query("SELECT name FROM sqlite_master WHERE type = 'index'")}
     index.close()
-    assert "entries_lru" in names and "entries_atime" not in names
+    assert "entries_lru" in names
+    assert not names & {"entries_atime", "entries_item"}  # unused: they only slowed writes
 
 
 def test_heartbeat_atimes_never_move_backwards(
