@@ -2,11 +2,11 @@
 
 Stock Girder's REST API has no way to list the files of many items at once, so showing a folder
 of N items costs N `GET /item/{id}/files` requests (a server with the wtfs plugin,
-wtfs/girder_plugin.py, answers them with the listing pages instead; this cache is then unused). Their answers are kept here (diskcache: SQLite
-underneath, safe across the processes sharing a store), keyed by item id and valid while the
-item's `updated` time and `size` are unchanged, so a later mount of the same data lists a
-10,000-item folder with its listing pages alone. Only what the tree needs is kept: file ids,
-names, sizes, times and checksums; never tokens.
+wtfs/girder_plugin.py, answers them with the listing pages instead; this cache is then unused).
+Their answers are kept here (diskcache: SQLite underneath, safe across the processes sharing a
+store), keyed by item id and valid while the item's `updated` time and `size` are unchanged, so
+a later mount of the same data lists a 10,000-item folder with its listing pages alone. Only
+what the tree needs is kept: file ids, names, sizes, times and checksums; never tokens.
 """
 
 from __future__ import annotations
