@@ -505,6 +505,15 @@ def test_a_large_eviction_is_complete_exact_and_in_lru_order(index: Index, me: O
     assert json.loads(batch["files"]) == [e.file_name for e in evicted]
 
 
+def test_an_eviction_leaves_the_page_cache_size_as_it_found_it(
+    index: Index, me: Owner, fill_entry: FillEntry
+) -> None:
+    fill_entry("a", 100)
+    [before] = index.query("PRAGMA cache_size")
+    assert len(index.evict_lru(0, me.owner_id, "gc")) == 1
+    assert index.query("PRAGMA cache_size") == [before]
+
+
 def test_an_index_from_an_earlier_version_gets_the_lru_index_and_sheds_unused_ones(
     store: Store,
 ) -> None:

@@ -33,6 +33,7 @@ from wtfs.cache.ranges import Ranges
 
 SCHEMA_VERSION = 1
 CLAIM_LEASE = 60.0  # seconds; renewed by the owner's heartbeat while it fetches
+EVICT_CACHE_KIB = 16 * 1024  # SQLite page cache during an eviction (see evict_lru)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -540,6 +541,19 @@ class Index:
         One transaction: a lock taken by any process either committed before (and the entry
         stays) or will see the entry gone and fetch it again.
         """
+        with self._lock:
+            # Deleting tens of thousands of entries touches pages of the table and of each index
+            # all over: with SQLite's default cache (2 MiB) they are read and spilled again and
+            # again. A larger cache for this transaction only (bench: 12 % less CPU time); SQLite
+            # frees it after, to the allocator, which keeps it for reuse.
+            default_cache = self._db.execute("PRAGMA cache_size").fetchone()[0]
+            self._db.execute(f"PRAGMA cache_size = -{EVICT_CACHE_KIB}")
+            try:
+                return self._evict_lru(target_usage, by_owner, reason)
+            finally:
+                self._db.execute(f"PRAGMA cache_size = {int(default_cache)}")
+
+    def _evict_lru(self, target_usage: int, by_owner: str, reason: str) -> Eviction:
         now = time.time()
         with self.transaction() as db:
             excess = self.usage(db) - target_usage
