@@ -518,17 +518,24 @@ def test_an_index_from_an_earlier_version_gets_the_lru_index_and_sheds_unused_on
     store: Store,
 ) -> None:
     Index(store.index_path).close()
-    db = sqlite3.connect(store.index_path)  # as an earlier version left it
-    db.execute("DROP INDEX entries_lru")
+    db = sqlite3.connect(store.index_path)  # as earlier versions left it
+    db.execute("DROP INDEX entries_atime_key_present")
     db.execute("CREATE INDEX entries_atime ON entries(atime)")
+    db.execute("CREATE INDEX entries_lru ON entries(atime, key)")
     db.execute("CREATE INDEX entries_item ON entries(item_id)")
     db.commit()
     db.close()
     index = Index(store.index_path)
     names = {r[0] for r in index.query("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    usage_plan = index.query("EXPLAIN QUERY PLAN SELECT SUM(present) FROM entries")
+    lru_plan = index.query("EXPLAIN QUERY PLAN SELECT key FROM entries ORDER BY atime, key")
     index.close()
-    assert "entries_lru" in names
-    assert not names & {"entries_atime", "entries_item"}  # unused: they only slowed writes
+    assert "entries_atime_key_present" in names
+    assert not names & {"entries_atime", "entries_lru", "entries_item"}  # superseded or unused
+    for plan in (usage_plan, lru_plan):
+        assert [r["detail"] for r in plan] == [
+            "SCAN entries USING COVERING INDEX entries_atime_key_present"
+        ]
 
 
 def test_heartbeat_atimes_never_move_backwards(
