@@ -27,6 +27,7 @@ from wtfs.errors import (
     TransientError,
     WtfsError,
 )
+from wtfs.rawhttp import NotSimple, RawHttp, RawResponse
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class GirderClient:
         read_timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         bulk_listing: bool = True,
+        raw_downloads: bool = True,
     ) -> None:
         tune_httpcore()
         #: None: not known yet whether the server has the wtfs plugin (wtfs.girder_plugin)
@@ -72,6 +74,11 @@ class GirderClient:
         self._token_lifetime = 0.0
         self._token_lock = trio.Lock()
         self.token_refreshes = 0
+        self._raw = (
+            RawHttp(connect_timeout, read_timeout)
+            if raw_downloads and self.api_url.startswith("http://")
+            else None
+        )
         self._http = httpx.AsyncClient(
             base_url=self.api_url + "/",
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
@@ -81,6 +88,8 @@ class GirderClient:
         )
 
     async def aclose(self) -> None:
+        if self._raw is not None:
+            await self._raw.aclose()
         await self._http.aclose()
 
     # -- auth ---------------------------------------------------------------------------------
@@ -169,24 +178,48 @@ class GirderClient:
     @asynccontextmanager
     async def stream(
         self, path: str, headers: Mapping[str, str] | None = None
-    ) -> AsyncIterator[httpx.Response]:
-        """A streamed GET; refreshes the token once on 401. Status checks are the caller's."""
+    ) -> AsyncIterator[httpx.Response | RawResponse]:
+        """A streamed GET; refreshes the token once on 401. Status checks are the caller's.
+
+        Over plain http the body arrives through `RawHttp` (no copies in Python), else httpx.
+        """
         for attempt in range(2):
             auth = await self._auth_headers()
-            request = self._http.build_request("GET", path, headers={**(headers or {}), **auth})
+            async with self._open(path, {**(headers or {}), **auth}) as response:
+                refused = response.status_code == 401 and self._api_key is not None
+                if not (refused and attempt == 0):
+                    yield response
+                    return
+            await self.refresh_token(stale=self._token)
+
+    @asynccontextmanager
+    async def _open(
+        self, path: str, headers: Mapping[str, str]
+    ) -> AsyncIterator[httpx.Response | RawResponse]:
+        request = self._http.build_request("GET", path, headers=headers)
+        if self._raw is not None:
+            started = False
             try:
-                response = await self._http.send(request, stream=True)
+                async with self._raw.get(request.url, headers) as raw:
+                    started = True
+                    yield raw
+                return
+            except NotSimple as exc:
+                if started:
+                    raise
+                log.debug("GET %s: %s, asking httpx", path, exc)
             except httpx.HTTPError as exc:
+                if started:
+                    raise
                 raise _network_error(exc, f"GET {path}") from None
-            if response.status_code == 401 and attempt == 0 and self._api_key is not None:
-                await response.aclose()
-                await self.refresh_token(stale=self._token)
-                continue
-            try:
-                yield response
-            finally:
-                await response.aclose()
-            return
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise _network_error(exc, f"GET {path}") from None
+        try:
+            yield response
+        finally:
+            await response.aclose()
 
     # -- objects ------------------------------------------------------------------------------
 

@@ -342,7 +342,7 @@ async def test_size_uses_head_then_falls_back_to_a_one_byte_get() -> None:
 
 async def test_sink_errors_propagate_unchanged() -> None:
     class Full:
-        async def write(self, offset: int, data: bytes) -> None:
+        async def write(self, offset: int, data: bytes | memoryview) -> None:
             raise WtfsError("store full")
 
     p, rec = provider(ok)

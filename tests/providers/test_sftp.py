@@ -184,14 +184,14 @@ async def test_a_cancelled_or_failed_fetch_leaves_the_provider_usable(
     source = Source(sshd.sftp_url(blob_path), size=SIZE)
 
     class Failing:
-        async def write(self, offset: int, data: bytes) -> None:
+        async def write(self, offset: int, data: bytes | memoryview) -> None:
             raise WtfsError("store full")
 
     with pytest.raises(WtfsError, match="store full"):
         await provider.fetch(source, 0, SIZE, Failing())
 
     class Slow:
-        async def write(self, offset: int, data: bytes) -> None:
+        async def write(self, offset: int, data: bytes | memoryview) -> None:
             await trio.sleep(10)
 
     with trio.move_on_after(0.2) as scope:
@@ -214,7 +214,7 @@ async def test_a_dropped_connection_is_transient_and_the_retry_reconnects(
     class DropsOnce:
         dropped = False
 
-        async def write(self, offset: int, data: bytes) -> None:
+        async def write(self, offset: int, data: bytes | memoryview) -> None:
             await inner.write(offset, data)
             if not self.dropped:
                 self.dropped = True

@@ -15,7 +15,7 @@ class MemorySink:
         self.buffer = bytearray()
         self.writes: list[tuple[int, int]] = []  # (offset, length) of every write
 
-    async def write(self, offset: int, data: bytes) -> None:
+    async def write(self, offset: int, data: bytes | memoryview) -> None:
         assert isinstance(data, bytes | bytearray | memoryview), type(data)
         assert offset == self.next, f"write at {offset}, expected {self.next} (out of order)"
         assert len(data) > 0, "empty write"

@@ -700,7 +700,7 @@ class _BlockSink(Sink):
     def owns_block(self, block: int) -> bool:
         return self.start // self.block_size <= block <= (self.end - 1) // self.block_size
 
-    async def write(self, offset: int, data: bytes) -> None:
+    async def write(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
             block = offset // self.block_size

@@ -38,9 +38,10 @@ class Source:
 
 
 class Sink(Protocol):
-    """Receives bytes in order. `offset` is absolute within the source."""
+    """Receives bytes in order. `offset` is absolute within the source. `data` may be a view
+    of a buffer the provider reuses: consume (write or copy) it before returning."""
 
-    async def write(self, offset: int, data: bytes) -> None: ...
+    async def write(self, offset: int, data: bytes | memoryview) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,11 @@ from wtfs.errors import (
     WtfsError,
 )
 from wtfs.providers.base import Provider, Sink, Source
+from wtfs.rawhttp import RawResponse
 
 log = logging.getLogger(__name__)
 
+Response = httpx.Response | RawResponse
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -76,7 +78,7 @@ class GirderProvider(Provider):
         except httpx.HTTPError as exc:
             raise TransientError(f"{source.label}: Girder download interrupted: {exc!r}") from None
 
-    def _check(self, response: httpx.Response, source: Source, start: int, end: int) -> int:
+    def _check(self, response: Response, source: Source, start: int, end: int) -> int:
         """Validate the answer; return how many leading body bytes to skip."""
         code = response.status_code
         label = source.label or "file"
@@ -119,9 +121,7 @@ class GirderProvider(Provider):
             raise TransferFailed(f"{label}: Girder answered range from {first}, asked {start}")
         return start - first  # a range past EOF comes back as the whole file: skip its head
 
-    async def _copy(
-        self, response: httpx.Response, sink: Sink, start: int, end: int, skip: int
-    ) -> None:
+    async def _copy(self, response: Response, sink: Sink, start: int, end: int, skip: int) -> None:
         offset = start
         async for chunk in response.aiter_raw():
             if skip:

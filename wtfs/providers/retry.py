@@ -74,7 +74,7 @@ class _ResumeSink:
         self._end = end
         self.next = start
 
-    async def write(self, offset: int, data: bytes) -> None:
+    async def write(self, offset: int, data: bytes | memoryview) -> None:
         if offset != self.next:
             raise TransferFailed(
                 f"provider wrote at offset {offset}, expected {self.next} (out of order)"
