@@ -61,16 +61,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_secret(path: Path, text: str) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    return path
-
-
 def is_mounted(path: Path) -> bool:
     target = str(path)
     with open("/proc/self/mountinfo") as f:
@@ -204,7 +194,7 @@ class Girders:
 
     def get(self, role: str) -> Any:
         if role not in self._girders:
-            from wtfs.devgirder.control import LocalGirder
+            from wtfs.devgirder.control import LocalGirder, write_secret
 
             workdir = fresh_dir(WORK / f"girder-{role}")
             started = time.monotonic()
@@ -333,8 +323,10 @@ def start_wtfs(
         "private_storage_path": str(store),
         "private_storage_capacity": capacity,
         "log_file": str(log_path),
-        **(extra or {}),
     }
+    for key, value in (extra or {}).items():  # a section given in `extra` adds to the base one
+        base_section = config.get(key)
+        config[key] = {**base_section, **value} if isinstance(base_section, dict) else value
     config_path = base / "wtfs.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     session_path = base / "session.json"
@@ -410,6 +402,19 @@ def _wait_for(
     raise RuntimeError(f"{what}: {path} did not appear in {timeout:.0f}s: {tail}")
 
 
+def _ready(
+    cleanup: Cleanup, mount: PeerMount, what: str, wait_for: str, timeout: float
+) -> PeerMount:
+    """Register a peer mount for cleanup and wait until `wait_for` shows up in it."""
+    cleanup.push(f"{what} {mount.name}", mount.stop)
+    try:
+        _wait_for(mount.mountpoint / wait_for, mount.process, timeout, what, mount.stderr_path)
+    except BaseException:
+        cleanup.run(mount.stop)
+        raise
+    return mount
+
+
 def start_gcm(
     cleanup: Cleanup, girder: Any, name: str, wait_for: str, timeout: float = 60
 ) -> PeerMount:
@@ -431,13 +436,7 @@ def start_gcm(
         start_new_session=True,
     )
     mount = PeerMount(name, mountpoint, process, stderr_path)
-    cleanup.push(f"gcm {name}", mount.stop)
-    try:
-        _wait_for(mountpoint / wait_for, process, timeout, "girder-client-mount", stderr_path)
-    except BaseException:
-        cleanup.run(mount.stop)
-        raise
-    return mount
+    return _ready(cleanup, mount, "girder-client-mount", wait_for, timeout)
 
 
 class RcloneServer:
@@ -507,13 +506,7 @@ def start_rclone(
         start_new_session=True,
     )
     mount = PeerMount(name, mountpoint, process, stderr_path)
-    cleanup.push(f"rclone {name}", mount.stop)
-    try:
-        _wait_for(mountpoint / wait_for, process, timeout, "rclone mount", stderr_path)
-    except BaseException:
-        cleanup.run(mount.stop)
-        raise
-    return mount
+    return _ready(cleanup, mount, "rclone mount", wait_for, timeout)
 
 
 # -- measurements --------------------------------------------------------------------------------

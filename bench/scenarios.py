@@ -479,23 +479,23 @@ def _stock_listing(
     cleanup: Cleanup, girder: Any, folder_id: str, count: int
 ) -> tuple[float | None, int]:
     """One first `ls -l` with the server's wtfs plugin unused: what a stock Girder costs."""
-    api = {"api_url": girder.api_url, "api_key_file": str(girder.api_key_file)}
     mount = start_wtfs(
         cleanup,
         girder,
         "listing-stock",
         [{"itemId": folder_id, "mountPath": "/big"}],
         store=_fresh_store("listing"),
-        extra={"girder": {**api, "bulk_listing": False}},
+        extra={"girder": {"bulk_listing": False}},
     )
     girder.reset_stats()
     try:
         lines, seconds = _ls(mount.mountpoint / "big", timeout=LISTING_STOCK_CAP)
     except subprocess.TimeoutExpired:
-        return None, int(girder.stats()["requests"])
-    finally:
-        made = int(girder.stats()["requests"])
-        _stop(cleanup, mount)
+        seconds = None
+    made = int(girder.stats()["requests"])
+    _stop(cleanup, mount)
+    if seconds is None:
+        return None, made
     if lines != count + 1:
         raise RuntimeError(f"ls -l printed {lines} lines, expected {count + 1}")
     log(f"listing, stock Girder API: {seconds:.1f}s ({made} requests)")

@@ -63,13 +63,15 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
-def _write_secret(path: Path, value: str) -> None:
+def write_secret(path: Path, value: str) -> Path:
+    """Write `value` to `path`, readable by its owner only (0600 even if it existed)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, value.encode())
     finally:
         os.close(fd)
+    return path
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -197,7 +199,7 @@ class LocalGirder:
         )
         if not user.get("admin"):
             raise DevGirderError("the bootstrap user is not a site admin (Girder not fresh?)")
-        _write_secret(self.admin_password_file, password)
+        write_secret(self.admin_password_file, password)
         self.admin_user_id = str(user["_id"])
         login_token = str(user["authToken"]["token"])
         key = self._api(
@@ -206,7 +208,7 @@ class LocalGirder:
             params={"name": "wtfs-dev", "active": "true"},
             token=login_token,
         )
-        _write_secret(self.api_key_file, str(key["key"]))
+        write_secret(self.api_key_file, str(key["key"]))
 
     def stop(self) -> None:
         """Terminate the server and wait for it. Idempotent."""
