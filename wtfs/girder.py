@@ -27,7 +27,7 @@ from wtfs.errors import (
     TransientError,
     WtfsError,
 )
-from wtfs.rawhttp import NotSimple, RawHttp, RawResponse
+from wtfs.rawhttp import NotSimple, RawHttp, Response
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class GirderClient:
     @asynccontextmanager
     async def stream(
         self, path: str, headers: Mapping[str, str] | None = None
-    ) -> AsyncIterator[httpx.Response | RawResponse]:
+    ) -> AsyncIterator[Response]:
         """A streamed GET; refreshes the token once on 401. Status checks are the caller's.
 
         Over plain http the body arrives through `RawHttp` (no copies in Python), else httpx.
@@ -193,9 +193,7 @@ class GirderClient:
             await self.refresh_token(stale=self._token)
 
     @asynccontextmanager
-    async def _open(
-        self, path: str, headers: Mapping[str, str]
-    ) -> AsyncIterator[httpx.Response | RawResponse]:
+    async def _open(self, path: str, headers: Mapping[str, str]) -> AsyncIterator[Response]:
         request = self._http.build_request("GET", path, headers=headers)
         if self._raw is not None:
             started = False

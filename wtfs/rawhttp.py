@@ -11,9 +11,11 @@ Errors are httpx's exception types, so callers keep one way of classifying netwo
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import httpx
 import trio
@@ -23,6 +25,8 @@ log = logging.getLogger(__name__)
 BUFFER_SIZE = 1024 * 1024
 MAX_HEAD = 64 * 1024
 MAX_IDLE_PER_HOST = 8
+
+T = TypeVar("T")
 
 
 class NotSimple(Exception):
@@ -40,6 +44,10 @@ class RawResponse:
         """The body; each chunk is valid only until the next one is asked for."""
         assert self._chunks is not None
         return self._chunks
+
+
+#: a streamed answer, from httpx or from RawHttp: what downloads read
+Response = httpx.Response | RawResponse
 
 
 class RawHttp:
@@ -131,13 +139,18 @@ class RawHttp:
         return head, rest
 
     async def _receive(self, stream: trio.SocketStream) -> bytes:
-        with trio.move_on_after(self.read_timeout) as scope:
+        return await self._within_read_timeout(
+            functools.partial(stream.receive_some, MAX_HEAD), "receiving the answer"
+        )
+
+    async def _within_read_timeout(self, receive: Callable[[], Awaitable[T]], what: str) -> T:
+        """One receive, as httpx would fail it: ReadError, or ReadTimeout after read_timeout."""
+        with trio.move_on_after(self.read_timeout):
             try:
-                return await stream.receive_some(MAX_HEAD)
+                return await receive()
             except (trio.BrokenResourceError, OSError) as exc:
-                raise httpx.ReadError(f"receiving: {exc}") from None
-        assert scope.cancelled_caught
-        raise httpx.ReadTimeout(f"no answer in {self.read_timeout:g}s")
+                raise httpx.ReadError(f"{what}: {exc}") from None
+        raise httpx.ReadTimeout(f"{what}: nothing came for {self.read_timeout:g}s")
 
     async def _body(
         self, stream: trio.SocketStream, response: RawResponse, rest: bytes, buffer: bytearray
@@ -149,13 +162,8 @@ class RawHttp:
         view = memoryview(buffer)
         sock = stream.socket
         while response.remaining > 0:
-            with trio.move_on_after(self.read_timeout) as scope:
-                try:
-                    n = await sock.recv_into(view, min(len(view), response.remaining))
-                except OSError as exc:
-                    raise httpx.ReadError(f"receiving the body: {exc}") from None
-            if scope.cancelled_caught:
-                raise httpx.ReadTimeout(f"the body stalled for {self.read_timeout:g}s")
+            receive = functools.partial(sock.recv_into, view, min(len(view), response.remaining))
+            n = await self._within_read_timeout(receive, "receiving the body")
             if n == 0:
                 raise httpx.RemoteProtocolError(
                     f"the server closed the connection with {response.remaining} bytes to go"

@@ -23,11 +23,10 @@ from wtfs.errors import (
     WtfsError,
 )
 from wtfs.providers.base import Provider, Sink, Source
-from wtfs.rawhttp import RawResponse
+from wtfs.rawhttp import Response
 
 log = logging.getLogger(__name__)
 
-Response = httpx.Response | RawResponse
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
