@@ -194,7 +194,7 @@ class Girders:
 
     def get(self, role: str) -> Any:
         if role not in self._girders:
-            from wtfs.devgirder.control import LocalGirder, write_secret
+            from wtfs_devgirder.control import LocalGirder, write_secret
 
             workdir = fresh_dir(WORK / f"girder-{role}")
             started = time.monotonic()

@@ -3,7 +3,7 @@ a mixed workload for N minutes, watched for leaks. Not run in CI.
 
     .venv/bin/python bench/soak.py --minutes 10
 
-It starts its own local Girder (wtfs.devgirder) with random files imported in place plus the
+It starts its own local Girder (wtfs_devgirder) with random files imported in place plus the
 seeded sample tree, mounts the same session twice (one store, capacity well below the data),
 and runs 8 threads (4 per mount) doing sequential whole-file reads (sha256 checked), random
 4 KiB reads (checked against the originals), listings (os.walk) and open/close churn. Every
@@ -37,11 +37,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from wtfs_devgirder.control import LocalGirder  # noqa: E402
+from wtfs_devgirder.seed import SampleData, seed_sample_data  # noqa: E402
+
 from tests.support.bigdata import BigFile, MiB, import_files  # noqa: E402
 from tests.support.mounts import Mount, start_mount  # noqa: E402
 from wtfs.cache.store import Store  # noqa: E402
-from wtfs.devgirder.control import LocalGirder  # noqa: E402
-from wtfs.devgirder.seed import SampleData, seed_sample_data  # noqa: E402
 
 SIZES = {
     **{f"big{n:02d}.bin": 32 * MiB for n in range(6)},

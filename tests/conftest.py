@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wtfs_devgirder.control import LocalGirder
+from wtfs_devgirder.seed import SampleData
 
 from tests.support.bigdata import BigFile, MiB, import_files
 from tests.support.girder import seed_local_girder, start_local_girder
-from wtfs.devgirder.control import LocalGirder
-from wtfs.devgirder.seed import SampleData
 
 
 @pytest.fixture(scope="session")

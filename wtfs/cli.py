@@ -19,8 +19,8 @@ import click
 import trio
 
 from wtfs.config import Config, load_config
+from wtfs.daemon.logs import open_deferred_log, setup_logging
 from wtfs.errors import ConfigError, WtfsError
-from wtfs.logs import open_deferred_log, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def mount(
     Runs in the background by default and returns once the mount is ready, or fails with the
     reason; logs go to `log_file` (default: <private_storage_path>/logs/).
     """
-    from wtfs.daemon import MountRequest, serve
+    from wtfs.daemon.serve import MountRequest, serve
 
     if session_id is not None and len(args) != 1:
         raise ConfigError("with --session-id, give only the MOUNTPOINT")
@@ -272,7 +272,7 @@ def gc(ctx: click.Context) -> None:
     from wtfs.cache.owner import Owner
     from wtfs.cache.store import Store
     from wtfs.config import format_size
-    from wtfs.daemon import gc_policy
+    from wtfs.daemon.serve import gc_policy
     from wtfs.gc.evictor import collect
 
     config = _config(ctx)

@@ -1,6 +1,7 @@
 """`wtfs demo`: a local Girder with sample data, mounted, read, verified against Girder, shown.
 
-Needs the `demo` extra (`pip install '.[demo]'`): the local Girder is not part of the runtime.
+Needs the dev Girder (`pip install ./devgirder` from a wtfs clone, or `bash scripts/demo`): the
+local Girder is not part of the runtime.
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ def _sha256_girder(api_url: str, token: str, file_id: str) -> str:
 
 def run_demo(workdir: Path | None, *, keep: bool = False) -> None:
     try:
-        from wtfs.devgirder.control import LocalGirder
-        from wtfs.devgirder.seed import seed_sample_data
+        from wtfs_devgirder.control import LocalGirder
+        from wtfs_devgirder.seed import seed_sample_data
     except ImportError as exc:
         raise ConfigError(
-            f"the demo needs the local Girder: pip install '.[demo]' ({exc.name} missing)"
+            "the demo needs the local dev Girder: pip install ./devgirder from a wtfs clone, "
+            f"or run bash scripts/demo ({exc.name} missing)"
         ) from None
     console = Console()
     started = time.monotonic()

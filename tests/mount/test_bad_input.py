@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 import yaml
+from wtfs_devgirder.control import LocalGirder
+from wtfs_devgirder.seed import SampleData
 
 from tests.support.mounts import run_wtfs
-from wtfs.devgirder.control import LocalGirder
-from wtfs.devgirder.seed import SampleData
 
 
 @dataclass

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wtfs_devgirder.control import LocalGirder
 
 from tests.support.bigdata import BigFile, MiB
 from tests.support.mounts import drop_page_cache, mounted, start_mount
 from wtfs.cache.index import Index
 from wtfs.cache.store import Store
-from wtfs.devgirder.control import LocalGirder
 
 BLOCK = 4 * MiB
 

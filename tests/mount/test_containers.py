@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wtfs_devgirder.seed import SampleData
 
 from tests.support.mounts import ROOT, mounted, write_config, write_session
-from wtfs.devgirder.seed import SampleData
 
 NOTEBOOK = 1000
 AS_NOTEBOOK = f"setpriv --reuid={NOTEBOOK} --regid={NOTEBOOK} --clear-groups"

@@ -15,10 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-
-from tests.support.girder import local_girder, start_local_girder
-from wtfs.devgirder.control import LocalGirder, bulk_file_content, bulk_item_name
-from wtfs.devgirder.seed import (
+from wtfs_devgirder.control import LocalGirder, bulk_file_content, bulk_item_name
+from wtfs_devgirder.seed import (
     BIG_FILE_SEED,
     BIG_FILE_SIZE,
     COLLECTION_NAME,
@@ -27,6 +25,8 @@ from wtfs.devgirder.seed import (
     UNICODE_NAME,
     SampleData,
 )
+
+from tests.support.girder import local_girder, start_local_girder
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +286,7 @@ def test_the_server_dies_with_its_parent(tmp_path_factory: pytest.TempPathFactor
         f"""
         import sys, time
         from pathlib import Path
-        from wtfs.devgirder.control import LocalGirder
+        from wtfs_devgirder.control import LocalGirder
         g = LocalGirder.start(Path({str(workdir)!r}))
         print(g.process.pid, flush=True)
         time.sleep(600)

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wtfs_devgirder.control import LocalGirder
 
 from tests.support.bigdata import BigFile, MiB, import_files
 from tests.support.faultproxy import Fault, FaultProxy, ProxyRecord, ProxyRequest
 from tests.support.mounts import Mount, mounted, start_mount
-from wtfs.devgirder.control import LocalGirder
 
 DONE, FAILED = 3, 4
 

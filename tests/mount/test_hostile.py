@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wtfs_devgirder.control import LocalGirder, bulk_file_content, bulk_item_name
 
 from tests.support.girder import local_girder
 from tests.support.mounts import Mount, mounted
-from wtfs.devgirder.control import LocalGirder, bulk_file_content, bulk_item_name
 
 FAILED = 4
 LONG = "L" * 296 + ".txt"  # 300 bytes

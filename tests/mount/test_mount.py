@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wtfs_devgirder.control import LocalGirder
+from wtfs_devgirder.seed import SampleData
 
 from tests.support.mounts import ROOT, drop_page_cache, mounted, run_wtfs, write_config
-from wtfs.devgirder.control import LocalGirder
-from wtfs.devgirder.seed import SampleData
 
 
 def sha256(path: Path) -> str:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wtfs_devgirder.control import LocalGirder
+from wtfs_devgirder.seed import BIG_FILE_SEED, BIG_FILE_SIZE, CSV_ROWS, SampleData, measurements_csv
 
 from tests.support.mounts import mounted
-from wtfs.devgirder.control import LocalGirder
-from wtfs.devgirder.seed import BIG_FILE_SEED, BIG_FILE_SIZE, CSV_ROWS, SampleData, measurements_csv
 
 MiB = 1024 * 1024
 BLOCK = 4 * MiB  # wtfs's default block_size

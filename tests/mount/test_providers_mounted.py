@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wtfs_devgirder.control import LocalGirder
+from wtfs_devgirder.seed import SampleData
 
 from tests.support.bigdata import MiB, write_random
 from tests.support.mounts import mounted
 from tests.support.rangehttp import RangeHTTPServer
 from tests.support.sshd import SshdServer, running_sshd
 from wtfs.cache.index import Index
-from wtfs.devgirder.control import LocalGirder
-from wtfs.devgirder.seed import SampleData
 
 PLUGIN = Path(__file__).resolve().parents[1] / "providers" / "plugin_demo"
 

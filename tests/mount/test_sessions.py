@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wtfs_devgirder.control import LocalGirder
+
 from tests.support.mounts import mounted
-from wtfs.devgirder.control import LocalGirder
 
 
 def make_folder(

@@ -14,11 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+from wtfs_devgirder.control import LocalGirder
 
 from tests.support.bigdata import BigFile, MiB
 from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.mounts import ROOT, mounted, run_wtfs, write_config
-from wtfs.devgirder.control import LocalGirder
 
 SEEDS = ROOT.parent / "shared" / "seeds"  # CI puts shared/ beside the clone
 

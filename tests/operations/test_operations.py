@@ -21,10 +21,10 @@ from wtfs.cache.owner import Owner
 from wtfs.cache.store import Store
 from wtfs.errors import NotFound
 from wtfs.fuse.operations import Operations, Presentation
+from wtfs.namespace.tree import DirNode, FileNode, Tree
 from wtfs.providers.base import Provider, ProviderSettings, Sink, Source
 from wtfs.providers.registry import ProviderRegistry
 from wtfs.providers.retry import RetryPolicy
-from wtfs.tree import DirNode, FileNode, Tree
 
 MiB = 1024 * 1024
 

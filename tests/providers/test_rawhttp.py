@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from tests.support.rangehttp import Fault, RangeHTTPServer
-from wtfs.rawhttp import NotSimple, RawHttp
+from wtfs.girder.rawhttp import NotSimple, RawHttp
 
 BLOB = random.Random(7).randbytes(3 * 1024 * 1024 + 17)
 

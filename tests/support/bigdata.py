@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from wtfs.devgirder.control import LocalGirder
+from wtfs_devgirder.control import LocalGirder
 
 MiB = 1024 * 1024
 

@@ -1,4 +1,4 @@
-"""Pytest helpers around the local dev Girder (`wtfs.devgirder`).
+"""Pytest helpers around the local dev Girder (`wtfs_devgirder`).
 
 Meant for session-scoped fixtures in ``tests/conftest.py``::
 
@@ -19,9 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-
-from wtfs.devgirder.control import LocalGirder
-from wtfs.devgirder.seed import SampleData, seed_sample_data
+from wtfs_devgirder.control import LocalGirder
+from wtfs_devgirder.seed import SampleData, seed_sample_data
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from wtfs.errors import TransferFailed
-from wtfs.girder import GirderClient
+from wtfs.girder.client import GirderClient
 
 FOLDER = "f" * 24
 ITEMS = [

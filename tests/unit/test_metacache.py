@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from wtfs.metacache import MetadataCache
+from wtfs.girder.metacache import MetadataCache
 
 
 def item(item_id: str, updated: str = "2026-01-01T00:00:00", size: int = 10) -> dict[str, object]:

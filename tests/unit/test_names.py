@@ -8,7 +8,7 @@ import unicodedata
 
 import pytest
 
-from wtfs.names import NAME_MAX, escape_name, posix_names
+from wtfs.namespace.names import NAME_MAX, escape_name, posix_names
 
 
 def oid(n: int) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from wtfs.errors import ConfigError
-from wtfs.session import load_session_file, parse_session
+from wtfs.namespace.session import load_session_file, parse_session
 
 
 def parse(data: Any) -> Any:

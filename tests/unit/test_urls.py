@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wtfs.urls import redact_url
+from wtfs.providers.urls import redact_url
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,7 @@ from wtfs.errors import (
 from wtfs.providers.base import Sink, Source
 from wtfs.providers.registry import ProviderRegistry
 from wtfs.providers.retry import RetryPolicy, fetch_with_retry
-from wtfs.urls import redact_url
+from wtfs.providers.urls import redact_url
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import pyfuse3
 from wtfs.cache.manager import CacheManager, FileRef, Handle
 from wtfs.errors import NotFound, ReadOnly
 from wtfs.fuse.errors import translated
-from wtfs.tree import DirNode, FileNode, Node, Tree
+from wtfs.namespace.tree import DirNode, FileNode, Node, Tree
 
 log = logging.getLogger(__name__)
 

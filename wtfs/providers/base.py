@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from wtfs.girder import GirderClient
+    from wtfs.girder.client import GirderClient
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from wtfs.errors import (
     TransientError,
     WtfsError,
 )
+from wtfs.girder.rawhttp import Response
 from wtfs.providers.base import Provider, Sink, Source
-from wtfs.rawhttp import Response
 
 log = logging.getLogger(__name__)
 

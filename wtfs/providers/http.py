@@ -37,7 +37,7 @@ from wtfs.providers.base import Provider, ProviderSettings, Sink, Source
 from wtfs.providers.retry import describe
 
 if TYPE_CHECKING:
-    from wtfs.girder import GirderClient
+    from wtfs.girder.client import GirderClient
 
 log = logging.getLogger(__name__)
 

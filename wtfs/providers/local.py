@@ -35,7 +35,7 @@ from wtfs.errors import (
 from wtfs.providers.base import Provider, ProviderSettings, Sink, Source
 
 if TYPE_CHECKING:
-    from wtfs.girder import GirderClient
+    from wtfs.girder.client import GirderClient
 
 log = logging.getLogger(__name__)
 

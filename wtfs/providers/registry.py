@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 import trio
 
 from wtfs.errors import TransferFailed
-from wtfs.girder import GirderClient
+from wtfs.girder.client import GirderClient
 from wtfs.providers.base import Provider, ProviderSettings, Source
 
 log = logging.getLogger(__name__)

@@ -48,7 +48,7 @@ from wtfs.providers.retry import describe
 if TYPE_CHECKING:
     import outcome
 
-    from wtfs.girder import GirderClient
+    from wtfs.girder.client import GirderClient
 
 log = logging.getLogger(__name__)
 

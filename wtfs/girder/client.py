@@ -27,7 +27,7 @@ from wtfs.errors import (
     TransientError,
     WtfsError,
 )
-from wtfs.rawhttp import NotSimple, RawHttp, Response
+from wtfs.girder.rawhttp import NotSimple, RawHttp, Response
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``python -m wtfs.devgirder run --workdir DIR [--port N] [--seed]``.
+"""``python -m wtfs_devgirder run --workdir DIR [--port N] [--seed]``.
 
 Starts a local dev Girder, optionally seeds the sample data, prints one JSON line (api_url,
 api_key_file, log file, sample data ids) and serves until SIGINT or SIGTERM.
@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from wtfs.devgirder.control import DevGirderError, LocalGirder
+from wtfs_devgirder.control import DevGirderError, LocalGirder
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         girder = LocalGirder.start(args.workdir, port=args.port, timeout=args.timeout)
     except DevGirderError as exc:
-        print(f"wtfs.devgirder: {exc}", file=sys.stderr)
+        print(f"wtfs_devgirder: {exc}", file=sys.stderr)
         return 1
     try:
         info: dict[str, Any] = {
@@ -46,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
             "pid": girder.process.pid,
         }
         if args.seed:
-            from wtfs.devgirder.seed import seed_sample_data
+            from wtfs_devgirder.seed import seed_sample_data
 
             sample = seed_sample_data(girder.client(), girder.workdir)
             info["sample"] = json.loads(sample.to_json())
@@ -56,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
         while not stop.is_set():
             if girder.process.poll() is not None:
                 print(
-                    f"wtfs.devgirder: server exited ({girder.process.returncode}); "
+                    f"wtfs_devgirder: server exited ({girder.process.returncode}); "
                     f"see {girder.log_file}",
                     file=sys.stderr,
                 )
@@ -69,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m wtfs.devgirder", description="A local dev Girder (mongomock, loopback)."
+        prog="python -m wtfs_devgirder", description="A local dev Girder (mongomock, loopback)."
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -15,7 +15,7 @@ import trio
 from wtfs.cache.index import TransferStatus
 from wtfs.cache.manager import CacheManager
 from wtfs.fuse.operations import file_ref
-from wtfs.tree import FileNode, Tree
+from wtfs.namespace.tree import FileNode, Tree
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ from urllib.parse import urlsplit
 
 import trio
 
-from wtfs.concurrency import run_all
 from wtfs.errors import WtfsError
-from wtfs.girder import GirderClient
-from wtfs.metacache import MetadataCache
-from wtfs.names import posix_names
+from wtfs.girder.client import GirderClient
+from wtfs.girder.metacache import MetadataCache
+from wtfs.namespace.concurrency import run_all
+from wtfs.namespace.names import posix_names
+from wtfs.namespace.session import Session
 from wtfs.providers.base import Source
-from wtfs.session import Session
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Start, bootstrap, inspect and stop a local dev Girder (see `wtfs.devgirder.server`).
+"""Start, bootstrap, inspect and stop a local dev Girder (see `wtfs_devgirder.server`).
 
 Used by ``wtfs demo``, the pytest fixtures and the benchmarks::
 
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from wtfs.devgirder.server import DEV_PREFIX, bulk_file_content, bulk_item_name
+from wtfs_devgirder.server import DEV_PREFIX, bulk_file_content, bulk_item_name
 
 if TYPE_CHECKING:
     import girder_client
@@ -122,7 +122,7 @@ class LocalGirder:
         cmd = [
             sys.executable,
             "-m",
-            "wtfs.devgirder.server",
+            "wtfs_devgirder.server",
             "--host",
             cls.host,
             "--port",

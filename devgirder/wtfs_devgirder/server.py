@@ -1,8 +1,8 @@
 """A real Girder 5 server on loopback with an in-process mongomock database.
 
-Run as ``python -m wtfs.devgirder.server --host 127.0.0.1 --port PORT --assetstore DIR`` (or
+Run as ``python -m wtfs_devgirder.server --host 127.0.0.1 --port PORT --assetstore DIR`` (or
 ``--fd N`` to serve a listening socket inherited from the parent, which is what
-`wtfs.devgirder.control.LocalGirder` does so that port 0 never races).
+`wtfs_devgirder.control.LocalGirder` does so that port 0 never races).
 
 Importing this module does not import Girder: the mongomock shims must be installed first
 (`install_shims`), and only `main` does that. The shims, each for a measured failure (see
@@ -722,7 +722,7 @@ def build_app(assetstore: Path, redis_url: str = DEFAULT_REDIS_URL) -> DevMiddle
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wtfs.devgirder.server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m wtfs_devgirder.server", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument(

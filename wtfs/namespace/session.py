@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from wtfs.errors import ConfigError, NotFound, WtfsError
-from wtfs.girder import GirderClient
+from wtfs.girder.client import GirderClient
 
 
 @dataclass(frozen=True)

@@ -26,19 +26,19 @@ from wtfs.cache.owner import Owner
 from wtfs.cache.stats import Stats
 from wtfs.cache.store import Store
 from wtfs.config import Config
+from wtfs.daemon.ticker import Ticker
 from wtfs.errors import ConfigError, WtfsError
 from wtfs.fuse.operations import Operations, Presentation
 from wtfs.gc.evictor import GcPolicy
 from wtfs.gc.scheduler import GcScheduler
-from wtfs.girder import GirderClient
-from wtfs.metacache import MetadataCache
+from wtfs.girder.client import GirderClient
+from wtfs.girder.metacache import MetadataCache
+from wtfs.namespace.session import Session, fetch_session, load_session_file
+from wtfs.namespace.tree import Tree
 from wtfs.providers.base import ProviderSettings
 from wtfs.providers.registry import ProviderRegistry
 from wtfs.providers.retry import RetryPolicy
-from wtfs.session import Session, fetch_session, load_session_file
 from wtfs.status.metrics import WtfsCollector, serve_metrics
-from wtfs.ticker import Ticker
-from wtfs.tree import Tree
 
 log = logging.getLogger(__name__)
 

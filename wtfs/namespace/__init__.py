@@ -1,0 +1,1 @@
+"""The mounted tree: sessions, Girder objects as nodes, POSIX names."""
