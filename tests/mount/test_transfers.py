@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import socket
 import threading
 import time
@@ -20,7 +19,7 @@ from tests.support.bigdata import BigFile, MiB
 from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.mounts import ROOT, mounted, run_wtfs, write_config
 
-SEEDS = ROOT.parent / "shared" / "seeds"  # CI puts shared/ beside the clone
+SEED_001 = ROOT / "tests" / "fixtures" / "seed001"  # seed 001's example records, as JSON
 
 
 def session_of(*files: BigFile) -> list[dict[str, str]]:
@@ -29,18 +28,9 @@ def session_of(*files: BigFile) -> list[dict[str, str]]:
 
 def seed_transfer_example() -> dict[str, Any]:
     """The example response of seed 001's `GET /dm/transfer`."""
-    found = sorted(SEEDS.glob("001_*.txt"))
-    assert found, f"seed 001 not found in {SEEDS}: the test compares against its example"
-    text = found[0].read_text()
-    section = text[text.index("#### List transfers") :]
-    block = section[
-        section.index("```json") + len("```json") : section.index(
-            "```", section.index("```json") + 7
-        )
-    ]
-    block = block.replace("...", "").strip()
-    block = re.sub(r",\s*\]", "]", block)
-    examples: list[dict[str, Any]] = json.loads(block)
+    examples: list[dict[str, Any]] = json.loads(
+        (SEED_001 / "transfer_list_response.json").read_text()
+    )
     return examples[0]
 
 
