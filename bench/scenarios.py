@@ -676,7 +676,8 @@ def rss(ctx: Context) -> list[Row]:
 
 def gc(ctx: Context) -> list[Row]:
     """`wtfs.gc.evictor.collect` over an index of 100,000 entries (built via Index)."""
-    from wtfs.cache.index import Index
+    from wtfs_index.index import Index
+
     from wtfs.cache.store import Store
     from wtfs.gc.evictor import GcPolicy, collect
 
@@ -773,7 +774,8 @@ def _profile_gc(ctx: Context, template: Path, names: list[str], usage: int) -> N
     import cProfile
     import pstats
 
-    from wtfs.cache.index import Index
+    from wtfs_index.index import Index
+
     from wtfs.cache.store import Store
     from wtfs.gc.evictor import GcPolicy, collect
 

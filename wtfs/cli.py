@@ -209,7 +209,7 @@ def umount(ctx: click.Context, mountpoint: str, lazy: bool, timeout: float) -> N
 
 def _mount_daemon(ctx: click.Context, path: Path) -> int | None:
     """The pid of the live wtfs daemon serving `path`, per the configured store's index."""
-    from wtfs.cache.index import Index
+    from wtfs_index.index import Index
 
     try:
         config: Config = load_config(ctx.obj["config_path"])
@@ -227,7 +227,7 @@ def _mount_daemon(ctx: click.Context, path: Path) -> int | None:
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
-    from wtfs.cache.owner import process_start_time
+    from wtfs_index.owner import process_start_time
 
     deadline = time.monotonic() + timeout
     while process_start_time(pid) is not None:
@@ -269,7 +269,8 @@ def status(
 @guarded
 def gc(ctx: click.Context) -> None:
     """Run one GC pass now (evict to the end mark if usage is past the start mark)."""
-    from wtfs.cache.owner import Owner
+    from wtfs_index.owner import Owner
+
     from wtfs.cache.store import Store
     from wtfs.config import format_size
     from wtfs.daemon.serve import gc_policy
@@ -303,7 +304,7 @@ def session_refresh(ctx: click.Context, mountpoint: str, timeout: float) -> None
     """Re-read the session's dataSet and Girder, updating the tree without unmounting."""
     import json as json_
 
-    from wtfs.cache.index import Index
+    from wtfs_index.index import Index
 
     config = _config(ctx)
     path = Path(mountpoint).absolute()
@@ -343,8 +344,8 @@ def session_refresh(ctx: click.Context, mountpoint: str, timeout: float) -> None
 @guarded
 def retry(ctx: click.Context, transfer_ids: tuple[int, ...], all_failed: bool) -> None:
     """Re-queue FAILED transfers; a running mount of their session fetches them again."""
-    from wtfs.cache.index import Index, TransferStatus
-    from wtfs.cache.owner import is_alive
+    from wtfs_index.index import Index, TransferStatus
+    from wtfs_index.owner import is_alive
 
     if not transfer_ids and not all_failed:
         raise ConfigError("give TRANSFER_ID... or --failed")

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 from wtfs_devgirder.control import LocalGirder
+from wtfs_index.index import Index
 
 from tests.support.bigdata import BigFile, MiB
 from tests.support.mounts import drop_page_cache, mounted, start_mount
-from wtfs.cache.index import Index
 from wtfs.cache.store import Store
 
 BLOCK = 4 * MiB

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from wtfs_devgirder.control import LocalGirder
 from wtfs_devgirder.seed import SampleData
+from wtfs_index.index import Index
 
 from tests.support.bigdata import MiB, write_random
 from tests.support.mounts import mounted
 from tests.support.rangehttp import RangeHTTPServer
 from tests.support.sshd import SshdServer, running_sshd
-from wtfs.cache.index import Index
 
 PLUGIN = Path(__file__).resolve().parents[1] / "providers" / "plugin_demo"
 

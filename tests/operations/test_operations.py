@@ -15,9 +15,9 @@ import pyfuse3
 import pytest
 import trio
 import trio.lowlevel
+from wtfs_index.owner import Owner
 
 from wtfs.cache.manager import CacheManager, CacheSettings
-from wtfs.cache.owner import Owner
 from wtfs.cache.store import Store
 from wtfs.errors import NotFound
 from wtfs.fuse.operations import Operations, Presentation

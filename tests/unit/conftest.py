@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from wtfs_index.index import Index
+from wtfs_index.owner import Owner, process_start_time
 
-from wtfs.cache.index import Index
-from wtfs.cache.owner import Owner, process_start_time
 from wtfs.cache.store import Store
 
 

@@ -6,9 +6,9 @@ import time
 from collections.abc import Callable, Iterable
 
 import pytest
+from wtfs_index.index import Index
+from wtfs_index.owner import Owner
 
-from wtfs.cache.index import Index
-from wtfs.cache.owner import Owner
 from wtfs.cache.store import Store
 from wtfs.gc.evictor import GcPolicy, collect
 

@@ -7,9 +7,10 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from wtfs.cache.index import CLAIM_LEASE, Index, TransferStatus
-from wtfs.cache.owner import Owner
-from wtfs.cache.ranges import Ranges
+from wtfs_index.index import CLAIM_LEASE, Index, TransferStatus
+from wtfs_index.owner import Owner
+from wtfs_index.ranges import Ranges
+
 from wtfs.cache.store import Store
 
 FillEntry = Callable[..., None]  # the `fill_entry` fixture

@@ -5,8 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-
-from wtfs.cache.ranges import Ranges
+from wtfs_index.ranges import Ranges
 
 
 def test_an_empty_set_holds_nothing() -> None:

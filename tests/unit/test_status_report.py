@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from wtfs.cache.index import Index, TransferStatus
-from wtfs.cache.owner import Owner
+from wtfs_index.index import Index, TransferStatus
+from wtfs_index.owner import Owner
+
 from wtfs.cache.store import Store
 from wtfs.config import Config
 from wtfs.status.report import DISCARD_AFTER, gather, transfer_record

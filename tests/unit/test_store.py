@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wtfs_index.index import Index
+from wtfs_index.owner import Owner
+from wtfs_index.ranges import Ranges
 
-from wtfs.cache.index import Index
-from wtfs.cache.owner import Owner
-from wtfs.cache.ranges import Ranges
 from wtfs.cache.store import Store
 from wtfs.errors import ConfigError
 

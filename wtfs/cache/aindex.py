@@ -8,8 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import trio
-
-from wtfs.cache.index import Index
+from wtfs_index.index import Index
 
 T = TypeVar("T")
 

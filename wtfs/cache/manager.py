@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import trio
+from wtfs_index.index import Index, TransferStatus
+from wtfs_index.owner import Owner
+from wtfs_index.ranges import Ranges
 
 from wtfs.cache.aindex import AsyncIndex
-from wtfs.cache.index import Index, TransferStatus
-from wtfs.cache.owner import Owner
-from wtfs.cache.ranges import Ranges
 from wtfs.cache.stats import Stats
 from wtfs.cache.store import Store
 from wtfs.errors import (

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from wtfs.cache.index import Index
+from wtfs_index.index import Index
+
 from wtfs.errors import ConfigError
 
 log = logging.getLogger(__name__)

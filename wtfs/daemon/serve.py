@@ -19,10 +19,10 @@ from pathlib import Path
 import pyfuse3
 import trio
 from prometheus_client import CollectorRegistry
+from wtfs_index.owner import Owner
 
 from wtfs.cache.aindex import AsyncIndex
 from wtfs.cache.manager import CacheManager, CacheSettings
-from wtfs.cache.owner import Owner
 from wtfs.cache.stats import Stats
 from wtfs.cache.store import Store
 from wtfs.config import Config

@@ -11,8 +11,8 @@ import logging
 import time
 
 import trio
+from wtfs_index.index import TransferStatus
 
-from wtfs.cache.index import TransferStatus
 from wtfs.cache.manager import CacheManager
 from wtfs.fuse.operations import file_ref
 from wtfs.namespace.tree import FileNode, Tree

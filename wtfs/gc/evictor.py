@@ -11,7 +11,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from wtfs.cache.index import Evicted, Index
+from wtfs_index.index import Evicted, Index
+
 from wtfs.cache.store import Store
 
 log = logging.getLogger(__name__)

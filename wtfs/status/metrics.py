@@ -13,8 +13,8 @@ import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from wtfs_index.index import Index, TransferStatus
 
-from wtfs.cache.index import Index, TransferStatus
 from wtfs.cache.stats import Stats
 
 log = logging.getLogger(__name__)

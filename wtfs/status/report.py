@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from wtfs.cache.index import Index, TransferStatus
-from wtfs.cache.owner import is_alive
+from wtfs_index.index import Index, TransferStatus
+from wtfs_index.owner import is_alive
+
 from wtfs.cache.store import Store
 from wtfs.config import Config
 

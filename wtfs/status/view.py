@@ -10,8 +10,8 @@ from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+from wtfs_index.index import TransferStatus
 
-from wtfs.cache.index import TransferStatus
 from wtfs.config import Config, format_size
 from wtfs.status.report import Report, gather
 

@@ -28,8 +28,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from wtfs.cache.owner import Owner, is_alive, process_start_time
-from wtfs.cache.ranges import Ranges
+from wtfs_index.owner import Owner, is_alive, process_start_time
+from wtfs_index.ranges import Ranges
 
 SCHEMA_VERSION = 1
 CLAIM_LEASE = 60.0  # seconds; renewed by the owner's heartbeat while it fetches
