@@ -8,9 +8,12 @@ from collections.abc import Iterable, Iterator
 
 
 class Ranges:
-    __slots__ = ("_ends", "_starts")
+    __slots__ = ("_ends", "_starts", "gen")
 
-    def __init__(self, ranges: Iterable[tuple[int, int]] = ()) -> None:
+    def __init__(self, ranges: Iterable[tuple[int, int]] = (), gen: int = 0) -> None:
+        #: the entry's generation these ranges were read at (the index counts every change of
+        #: an entry's ranges): of two answers, the later one is the one with the higher `gen`
+        self.gen = gen
         self._starts: list[int] = []
         self._ends: list[int] = []
         for start, end in ranges:
@@ -95,5 +98,5 @@ class Ranges:
         return json.dumps([[s, e] for s, e in self])
 
     @classmethod
-    def from_json(cls, text: str | None) -> Ranges:
-        return cls((int(s), int(e)) for s, e in json.loads(text or "[]"))
+    def from_json(cls, text: str | None, gen: int = 0) -> Ranges:
+        return cls(((int(s), int(e)) for s, e in json.loads(text or "[]")), gen)

@@ -1,0 +1,296 @@
+"""The shared backend: one PostgreSQL database for a store that several hosts use.
+
+The queries are the ones `base.Index` states for both backends. What differs:
+- writers are serialised by a transaction-scoped advisory lock (`pg_advisory_xact_lock`), so
+  every write transaction is as exclusive as SQLite's `BEGIN IMMEDIATE`, across all nodes;
+- reads see one snapshot (REPEATABLE READ), as SQLite's read transactions do; writes stay READ
+  COMMITTED, so each statement after the advisory lock sees every write committed before it;
+- time comes from the server (`clock_timestamp()`), so leases expire by one clock whatever
+  the nodes' clocks say; and no lease counts as run out within one lease of the server's own
+  start (`pg_postmaster_start_time()`), so a restart of PostgreSQL does not make every owner
+  that could not renew meanwhile look dead;
+- a lost connection is `IndexUnavailable` (worth retrying); the next call connects again;
+- a write waits at most `timeout` for another one (then `IndexUnavailable`, as SQLite's busy
+  timeout), and the server ends a session whose transaction sat idle that long (a process
+  stopped mid-transaction), so no stopped process holds every writer of every host.
+The URL's password never appears in a message (`redact`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row, tuple_row
+
+from wtfs_index.base import DEFAULT_LEASE, SCHEMA_VERSION, Dialect, Index, Tx
+from wtfs_index.errors import IndexFailure, IndexRefused, IndexUnavailable
+
+#: the advisory lock key that serialises writers (one store per database)
+WRITE_LOCK = 0x77746673  # "wtfs"
+CONNECT_TIMEOUT = 5  # seconds
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS owners (
+    owner_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    host TEXT NOT NULL,
+    boot_id TEXT,
+    pidns TEXT,
+    pid BIGINT,
+    pid_start BIGINT,
+    mountpoint TEXT,
+    session_id TEXT,
+    session_origin TEXT,
+    started DOUBLE PRECISION NOT NULL,
+    heartbeat DOUBLE PRECISION NOT NULL,
+    expires DOUBLE PRECISION NOT NULL,
+    stats TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    source_key TEXT NOT NULL,
+    version TEXT NOT NULL,
+    content_hash TEXT,
+    item_id TEXT NOT NULL,
+    file_name TEXT NOT NULL UNIQUE,
+    size BIGINT NOT NULL,
+    checksum TEXT,
+    source TEXT NOT NULL,
+    path TEXT NOT NULL DEFAULT '',
+    ranges TEXT NOT NULL DEFAULT '[]',
+    gen BIGINT NOT NULL DEFAULT 0,
+    present BIGINT NOT NULL DEFAULT 0,
+    complete SMALLINT NOT NULL DEFAULT 0,
+    windowed SMALLINT NOT NULL DEFAULT 0,
+    superseded SMALLINT NOT NULL DEFAULT 0,
+    atime DOUBLE PRECISION NOT NULL,
+    created DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_atime_key_present ON entries(atime, key, present);
+CREATE INDEX IF NOT EXISTS entries_source ON entries(source_key);
+-- Older versions waiting for their last lock to go: few, looked for on every new entry.
+CREATE INDEX IF NOT EXISTS entries_superseded ON entries(key) WHERE superseded = 1;
+CREATE INDEX IF NOT EXISTS entries_hash ON entries(content_hash) WHERE content_hash IS NOT NULL;
+CREATE TABLE IF NOT EXISTS locks (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    item_id TEXT NOT NULL,
+    entry_key TEXT,
+    session_id TEXT NOT NULL,
+    owner_id TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'read',
+    pin_start BIGINT,
+    pin_end BIGINT,
+    mountpoint TEXT,
+    path TEXT,
+    created DOUBLE PRECISION NOT NULL,
+    expires DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS locks_item ON locks(item_id);
+CREATE INDEX IF NOT EXISTS locks_entry ON locks(entry_key);
+CREATE INDEX IF NOT EXISTS locks_owner ON locks(owner_id);
+CREATE INDEX IF NOT EXISTS locks_session ON locks(session_id);
+CREATE TABLE IF NOT EXISTS claims (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key TEXT NOT NULL,
+    span_start BIGINT NOT NULL,
+    span_end BIGINT NOT NULL,
+    bytes BIGINT NOT NULL,
+    owner_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS claims_key ON claims(key);
+CREATE TABLE IF NOT EXISTS transfers (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    owner_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    status SMALLINT NOT NULL,
+    size BIGINT NOT NULL,
+    start_offset BIGINT NOT NULL DEFAULT 0,
+    transferred BIGINT NOT NULL DEFAULT 0,
+    start_time DOUBLE PRECISION,
+    end_time DOUBLE PRECISION,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created DOUBLE PRECISION NOT NULL,
+    retry_requested SMALLINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS transfers_status ON transfers(status);
+CREATE TABLE IF NOT EXISTS evictions (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    bytes BIGINT NOT NULL,
+    time DOUBLE PRECISION NOT NULL,
+    reason TEXT NOT NULL,
+    by_owner TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS unlinking (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    owner_id TEXT NOT NULL,
+    bytes BIGINT NOT NULL,
+    files TEXT NOT NULL,
+    punches TEXT NOT NULL DEFAULT '[]',
+    time DOUBLE PRECISION NOT NULL
+);
+-- Spans of an unlinking batch not punched yet: nobody may fetch them again meanwhile.
+CREATE TABLE IF NOT EXISTS punching (
+    batch_id BIGINT NOT NULL,
+    key TEXT NOT NULL,
+    span_start BIGINT NOT NULL,
+    span_end BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS punching_key ON punching(key);
+CREATE INDEX IF NOT EXISTS punching_batch ON punching(batch_id);
+CREATE TABLE IF NOT EXISTS failures (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    time DOUBLE PRECISION NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT,
+    cause TEXT NOT NULL,
+    owner_id TEXT NOT NULL
+)
+"""
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    now = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
+    greatest = "GREATEST"
+
+    def __init__(self, lease: float) -> None:
+        self.lease = lease
+
+    def fresh(self, column: str) -> str:
+        started = "EXTRACT(EPOCH FROM pg_postmaster_start_time())::double precision"
+        return f"({column} > {self.now} OR {self.now} < {started} + {float(self.lease)!r})"
+
+    def translate(self, sql: str) -> str:
+        return super().translate(sql).replace("%", "%%").replace("?", "%s")
+
+    def in_list(self, column: str) -> str:
+        return f"{column} = ANY(?)"
+
+    def list_param(self, values: Sequence[Any]) -> Any:
+        return list(values)
+
+    def numbered_list(self, alias: str) -> str:
+        return f"unnest(?::text[]) WITH ORDINALITY AS {alias}(value, position)"
+
+
+class PostgresIndex(Index):
+    def __init__(self, url: str, *, timeout: float = 30.0, lease: float = DEFAULT_LEASE) -> None:
+        """`timeout`: how long a write waits for another's to end (as SQLite's busy timeout),
+        and how long the server lets a transaction of ours sit idle (a process stopped in the
+        middle of one) before it ends the session, so that no writer holds the store for
+        ever."""
+        super().__init__(lease=lease)
+        self.timeout = timeout
+        from wtfs_index import redact
+
+        self.url = url
+        self._shown = redact(url)
+        self.dialect = PostgresDialect(lease)
+        self._lock = threading.RLock()
+        self._conn: psycopg.Connection[Any] | None = None
+        with self._write() as tx:
+            exists = tx.scalar("SELECT to_regclass('meta') IS NOT NULL")
+            version = (
+                int(tx.scalar("SELECT v FROM meta WHERE k = 'schema_version'") or 0)
+                if (exists)
+                else 0
+            )
+            if version > SCHEMA_VERSION:
+                raise IndexRefused(
+                    f"{self._shown}: index schema {version} is newer than this wtfs knows "
+                    f"({SCHEMA_VERSION}); upgrade wtfs"
+                )
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    tx.execute(statement)
+            self._set_meta(tx, "schema_version", str(SCHEMA_VERSION))
+
+    def describe(self) -> str:
+        return self._shown
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            try:
+                ms = max(1, int(self.timeout * 1000))
+                self._conn = psycopg.connect(
+                    self.url,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    row_factory=dict_row,
+                    options=f"-c lock_timeout={ms} -c idle_in_transaction_session_timeout={ms}",
+                )
+            except psycopg.Error as exc:
+                raise self._failure(exc) from None
+        return self._conn
+
+    def _failure(self, exc: psycopg.Error, *, broken: bool = False) -> IndexFailure:
+        from wtfs_index import url_secrets
+
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        for secret in url_secrets(self.url):
+            text = text.replace(secret, "***")
+        if isinstance(exc, psycopg.errors.LockNotAvailable):
+            return IndexUnavailable(
+                f"the index at {self._shown} stayed locked by another process for "
+                f"{self.timeout:g} s ({text})"
+            )
+        if broken or isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return IndexUnavailable(f"the index at {self._shown} cannot be reached: {text}")
+        return IndexFailure(f"the index at {self._shown}: {text}")
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Tx]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction():
+                    cursor = conn.cursor()
+                    if write:
+                        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                    else:
+                        # One snapshot for every statement of the read (READ COMMITTED takes
+                        # one per statement: a summary read across an eviction's commit would
+                        # count its bytes both as present and as unlinking).
+                        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+                    def new_cursor() -> Any:
+                        return conn.cursor(row_factory=tuple_row)
+
+                    yield Tx(cursor, self.dialect, self._sql_cache, new_cursor)
+            except psycopg.Error as exc:
+                # A session the server ended (idle-in-transaction timeout, an administrator's
+                # pg_terminate_backend) may raise another class: the connection says it broke.
+                broken = conn.broken or conn.closed
+                if broken or isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+                    self._drop_connection()
+                raise self._failure(exc, broken=broken) from None
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with suppress(psycopg.Error):
+                conn.close()
+
+    def _write(self) -> Any:
+        return self._transaction(write=True)
+
+    def _read(self) -> Any:
+        return self._transaction(write=False)
