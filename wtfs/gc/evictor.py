@@ -3,16 +3,23 @@
 A pass reclaims dead owners' locks first (so a crashed mount never pins files forever), then,
 when usage ≥ start mark (or room is needed now), evicts least recently used entries until usage
 ≤ end mark (or the room asked for is free). The index commit comes before the unlinks.
+
+The marks are fractions of the store's effective capacity (`wtfs.cache.space.Capacity`): the
+configured one, or what the filesystem under the store can hold when that is less. Sized on a
+configured capacity the disk cannot hold, a pass would never evict, and every fetch would meet
+a full disk instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 
-from wtfs_index.index import Evicted, Index
+from wtfs_index import Evicted, Eviction, Index, Owner
 
+from wtfs.cache.space import auto_reserve, free_space, measure
 from wtfs.cache.store import Store
 
 log = logging.getLogger(__name__)
@@ -23,6 +30,8 @@ class GcPolicy:
     capacity: int
     start_fraction: float
     end_fraction: float
+    #: bytes of the store's filesystem kept free (None: `wtfs.cache.space.auto_reserve`)
+    disk_reserve: int | None = None
 
     @property
     def start_bytes(self) -> int:
@@ -40,6 +49,12 @@ class GcReport:
     evicted: list[Evicted] = field(default_factory=list)
     reclaimed: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    #: the capacity the pass sized its marks on (the effective one: see the module docstring)
+    capacity: int = 0
+    reason: str = ""
+    #: seconds the index's half took (`seconds`: what other index calls may wait for), and
+    #: the unlinks after it (no index held)
+    unlink_seconds: float = 0.0
 
     @property
     def freed(self) -> int:
@@ -50,16 +65,33 @@ def collect(
     index: Index,
     store: Store,
     policy: GcPolicy,
-    owner_id: str,
+    me: Owner,
     *,
     needed: int = 0,
     force: bool = False,
 ) -> GcReport:
     """One pass. `needed` > 0: a fetch is waiting for that many bytes (pressure)."""
+    report = evict(index, store, policy, me, needed=needed, force=force)
+    return finish(index, store, report)
+
+
+def evict(
+    index: Index,
+    store: Store,
+    policy: GcPolicy,
+    me: Owner,
+    *,
+    needed: int = 0,
+    force: bool = False,
+) -> GcReport:
+    """The index's half of a pass: reclaim, choose and delete the evicted entries. Their files
+    are still on disk and their bytes still counted (`finish` unlinks them): a daemon runs the
+    unlinks without holding the index, so that its readers' index calls go on meanwhile."""
     started = time.perf_counter()
-    reclaimed = index.reclaim_dead()
-    store.finish_dead_unlinks(index)
+    reclaimed = index.reclaim_dead(me)
+    store.finish_orphan_unlinks(index, me)
     usage = index.usage()
+    policy = _within_disk(index, store, policy, usage)
     if needed > 0:
         target = min(policy.end_bytes, policy.capacity - needed)
         reason = "pressure"
@@ -67,21 +99,55 @@ def collect(
         target = policy.end_bytes
         reason = "gc"
     else:
-        return GcReport(usage, usage, [], reclaimed, time.perf_counter() - started)
-    evicted = index.evict_lru(max(0, target), owner_id, reason)
-    store.unlink_many([entry.file_name for entry in evicted])
-    if evicted.unlink_id is not None:
+        return GcReport(usage, usage, [], reclaimed, time.perf_counter() - started, policy.capacity)
+    evicted = index.evict_lru(max(0, target), me.owner_id, reason)
+    seconds = time.perf_counter() - started
+    return GcReport(usage, usage, evicted, reclaimed, seconds, policy.capacity, reason)
+
+
+def unlink(store: Store, report: GcReport) -> None:
+    """The files of a pass's evicted entries (blocking: the daemon runs it in a thread)."""
+    if isinstance(report.evicted, Eviction):
+        store.apply(report.evicted)
+
+
+def finish(index: Index, store: Store, report: GcReport, *, unlinked: bool = False) -> GcReport:
+    """Unlink the pass's files (unless done already) and stop counting their bytes."""
+    if not report.evicted:
+        return report
+    started = time.perf_counter()
+    if not unlinked:
+        unlink(store, report)
+    evicted = report.evicted
+    if isinstance(evicted, Eviction) and evicted.unlink_id is not None:
         index.finish_unlink(evicted.unlink_id)
     after = index.usage()
-    report = GcReport(usage, after, evicted, reclaimed, time.perf_counter() - started)
-    if evicted:
-        log.info(
-            "gc (%s): evicted %d entries, %d bytes; usage %d → %d of %d",
-            reason,
-            len(evicted),
-            report.freed,
-            usage,
-            after,
-            policy.capacity,
-        )
-    return report
+    done = dataclasses.replace(
+        report,
+        usage_after=after,
+        unlink_seconds=report.unlink_seconds or time.perf_counter() - started,
+    )
+    log.info(
+        "gc (%s): evicted %d entries, %d bytes; usage %d → %d of %d",
+        report.reason,
+        len(evicted),
+        done.freed,
+        report.usage_before,
+        after,
+        report.capacity,
+    )
+    return done
+
+
+def _within_disk(index: Index, store: Store, policy: GcPolicy, usage: int) -> GcPolicy:
+    """The policy on the store's effective capacity. The exact figure needs the index's summary
+    (which counts complete entries, a scan of the table), asked only when the disk may be what
+    bounds the store: usage plus free space, less the reserve, short of the capacity."""
+    reserve = auto_reserve(store) if policy.disk_reserve is None else policy.disk_reserve
+    free = free_space(store)
+    if free is None or usage + free - reserve >= policy.capacity:
+        return policy
+    capacity = measure(store, policy.capacity, reserve, index.summary())
+    if not capacity.limited:
+        return policy
+    return dataclasses.replace(policy, capacity=capacity.effective)

@@ -1,0 +1,222 @@
+"""Fetch runs: one provider request streaming a span of a file into its store file.
+
+A run sees the entry it fills only through `RunTarget`, three methods (as rclone's downloaders
+see an item through FindMissing/HasRange/WriteAtNoOverwrite): `reserve` a piece before writing
+it (space in the store, or "stop: present already, or someone else fetches it"), `write` bytes
+at an offset, `commit` a written piece. Pieces are the parts of the span inside one block: a
+block is the unit of reservation, so a claim never covers more than a block.
+
+Readers wait on a run's *progress*, not on whole blocks: `position` is the first byte the run
+has not written yet, and a reader waiting for [a, b) inside the run wakes as soon as
+`position >= b` (its bytes are in the store file, under our claim, even before the commit).
+
+The first piece is reserved before the request is sent: a reader waiting for a block another
+process is fetching polls the index for it, and never downloads bytes it would throw away.
+
+A run never lets an exception escape into the nursery it lives in: a failure (expected or not)
+becomes `run.error`, which the readers waiting on it raise. An escaped exception would cancel
+every other run of the mount, and readers respawning runs into a cancelled nursery is what made
+the daemons spin, grow and die under load.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from wtfs.errors import Timeout, TransferFailed, WtfsError
+from wtfs.providers.base import Provider, Source
+from wtfs.providers.retry import RetryPolicy, fetch_with_retry
+
+log = logging.getLogger(__name__)
+
+
+class StopRun(Exception):
+    """End a run early, quietly: its next piece is present already, another fetch has it, or
+    it was read-ahead that found no room."""
+
+
+class RunTarget(Protocol):
+    async def reserve(self, run: Run, start: int, end: int) -> int:
+        """Claim [start, end) for writing; raises StopRun (nothing to do) or a WtfsError."""
+        ...
+
+    async def write(self, offset: int, data: memoryview) -> None: ...
+
+    async def commit(self, run: Run, claim_id: int, start: int, end: int) -> None: ...
+
+    async def release(self, claim_id: int) -> None:
+        """Free a claim nothing was written under."""
+        ...
+
+
+class Run:
+    """A span [start, end) of one entry being fetched by one provider request (with retries)."""
+
+    def __init__(self, start: int, end: int, block_size: int) -> None:
+        self.start = start
+        self.end = end
+        self.block_size = block_size
+        self.position = start  # bytes [start, position) are written
+        #: the written bytes not committed yet are [claimed_from, position): under our claim,
+        #: they cannot be dropped; once committed, the entry's ranges speak for them
+        self.claimed_from = start
+        self.error: WtfsError | None = None
+        self.finished = False
+        self.transferred = 0
+        self.cancel_scope = trio.CancelScope()
+        self._done = trio.Event()
+        self._waiters: list[tuple[int, trio.Event]] = []
+
+    def __repr__(self) -> str:
+        return f"Run([{self.start}, {self.end}) at {self.position})"
+
+    def holds(self, start: int, end: int) -> bool:
+        """Whether bytes [start, end) are written by this run and still under its claim.
+
+        Not the bytes it committed earlier: in a windowed entry another process may have
+        dropped those since, and only the entry's ranges (read when the reader pinned) know.
+        """
+        return self.claimed_from <= start and end <= self.position
+
+    def will_reach(self, offset: int) -> bool:
+        """Whether this run, still going, is on its way to `offset`."""
+        return not self.finished and self.position <= offset < self.end
+
+    async def wait_for(self, end: int) -> None:
+        """Until the run has written every byte before `end`, or ended."""
+        if self.finished or self.position >= end:
+            return
+        event = trio.Event()
+        self._waiters.append((end, event))
+        await event.wait()
+
+    def advance(self, position: int) -> None:
+        self.position = position
+        if self._waiters:
+            ready = [w for w in self._waiters if w[0] <= position]
+            if ready:
+                self._waiters = [w for w in self._waiters if w[0] > position]
+                for _, event in ready:
+                    event.set()
+
+    def finish(self, error: WtfsError | None = None) -> None:
+        self.finished = True
+        if error is not None and self.error is None:
+            self.error = error
+        for _, event in self._waiters:
+            event.set()
+        self._waiters.clear()
+        self._done.set()
+
+    async def wait(self) -> None:
+        await self._done.wait()
+
+
+class BlockSink:
+    """Receives a run's bytes from the provider: reserves each piece before writing into it,
+    commits it once written, keeps the run's `position` for waiting readers."""
+
+    def __init__(self, run: Run, target: RunTarget, size: int) -> None:
+        self.run = run
+        self.target = target
+        self.size = size
+        self._claim: int | None = None
+        self._piece_start = 0
+        self._piece_end = 0
+
+    async def write(self, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            if self._claim is None:
+                await self._begin(offset)
+            take = min(len(view), self._piece_end - offset)
+            await self.target.write(offset, view[:take])
+            offset += take
+            view = view[take:]
+            self.run.transferred += take
+            self.run.advance(offset)
+            if offset == self._piece_end:
+                await self._finish_piece()
+
+    async def begin(self) -> None:
+        """Reserve the run's first piece before any request is made: a block another process
+        is fetching (busy) or that is present stops the run here, at the cost of one index
+        transaction rather than of a download cut short."""
+        if self._claim is None and self.run.position < self.run.end:
+            await self._begin(self.run.position)
+
+    async def _begin(self, offset: int) -> None:
+        bs = self.run.block_size
+        self._piece_start = offset
+        self._piece_end = min(self.run.end, self.size, (offset // bs + 1) * bs)
+        self._claim = await self.target.reserve(self.run, offset, self._piece_end)
+        self.run.claimed_from = offset
+
+    async def _finish_piece(self) -> None:
+        claim, self._claim = self._claim, None
+        assert claim is not None
+        # Shielded: written bytes must never outlive their claim uncounted.
+        with trio.CancelScope(shield=True):
+            await self.target.commit(self.run, claim, self._piece_start, self._piece_end)
+        self.run.claimed_from = self._piece_end
+
+    async def close(self) -> None:
+        """At the end of a run, however it ended: keep what a cut-short piece wrote (valid
+        bytes), free the rest of its claim."""
+        claim, self._claim = self._claim, None
+        if claim is None:
+            return
+        with trio.CancelScope(shield=True):
+            if self.run.position > self._piece_start:
+                await self.target.commit(self.run, claim, self._piece_start, self.run.position)
+            else:
+                await self.target.release(claim)
+        self.run.claimed_from = self.run.position
+
+
+OnRetry = Callable[[int, WtfsError, float], None]
+
+
+async def execute(
+    run: Run,
+    target: RunTarget,
+    provider: Provider,
+    source: Source,
+    size: int,
+    policy: RetryPolicy,
+    *,
+    on_retry: OnRetry | None = None,
+) -> None:
+    """Fetch the run's span. Never raises but Cancelled: the outcome is in `run.error`."""
+    sink = BlockSink(run, target, size)
+    error: WtfsError | None = None
+    try:
+        with run.cancel_scope:
+            with trio.move_on_after(policy.deadline) as waiting:
+                await sink.begin()  # the index may be unreachable: bounded like the fetch
+            if waiting.cancelled_caught:
+                raise Timeout(
+                    f"{source.label or 'file'}: bytes [{run.start}, {run.end}) could not be "
+                    f"reserved within {policy.deadline:g}s"
+                )
+            await fetch_with_retry(
+                provider, source, run.start, run.end, sink, policy, on_retry=on_retry
+            )
+    except StopRun:
+        pass
+    except WtfsError as exc:
+        error = exc
+    except Exception as exc:  # a bug, or an OSError of the store: fail this run, not the mount
+        log.exception("%s: fetch run %r failed unexpectedly", source.label or source.url, run)
+        error = TransferFailed(f"{source.label or 'file'}: fetch failed: {exc!r}")
+    finally:
+        try:
+            await sink.close()
+        except Exception as exc:
+            log.exception("%s: could not settle the claim of %r", source.label, run)
+            error = error or TransferFailed(f"{source.label}: {exc!r}")
+        run.finish(error)
