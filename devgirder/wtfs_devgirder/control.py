@@ -110,8 +110,13 @@ class LocalGirder:
     # --- lifecycle ----------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, workdir: Path, port: int = 0, timeout: float = 60) -> LocalGirder:
-        """Spawn the server on 127.0.0.1:``port`` (a free port when 0), wait, bootstrap."""
+    def start(
+        cls, workdir: Path, port: int = 0, timeout: float = 60, *, plugins: bool = True
+    ) -> LocalGirder:
+        """Spawn the server on 127.0.0.1:``port`` (a free port when 0), wait, bootstrap.
+
+        ``plugins=False`` starts a stock Girder: no plugin loaded, though installed.
+        """
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "assetstore").mkdir(exist_ok=True)
@@ -131,6 +136,7 @@ class LocalGirder:
             str(fd),
             "--assetstore",
             str(workdir / "assetstore"),
+            *([] if plugins else ["--no-plugins"]),
         ]
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -269,6 +275,10 @@ class LocalGirder:
     def reset_stats(self) -> None:
         self._dev("POST", "stats/reset")
 
+    def events(self) -> list[dict[str, str]]:
+        """The Girder events recorded since start (`server.RECORDED_EVENTS`): {event, id}."""
+        return list(self._dev("GET", "events")["events"])
+
     def throttle(self, bytes_per_second: int | None) -> None:
         """Slow every download response body to ``bytes_per_second`` (None: full speed)."""
         self._dev("POST", "throttle", {"bytesPerSecond": bytes_per_second})
@@ -303,26 +313,14 @@ class LocalGirder:
         """Insert an item named exactly ``name`` (no normalisation, duplicates allowed).
 
         With ``content``, the item gets one file named ``file_name`` (default: ``name``).
-        Returns the item id; `raw_item_with_file` also returns the file id.
+        Returns the item id (its files are Girder's `GET /item/{id}/files`).
         """
-        return self.raw_item_with_file(folder_id, name, content, meta, file_name)[0]
-
-    def raw_item_with_file(
-        self,
-        folder_id: str,
-        name: str,
-        content: bytes | None = None,
-        meta: dict[str, Any] | None = None,
-        file_name: str | None = None,
-    ) -> tuple[str, str | None]:
         payload: dict[str, Any] = {"folderId": folder_id, "name": name, "meta": meta or {}}
         if content is not None:
             payload["content"] = base64.b64encode(content).decode()
         if file_name is not None:
             payload["fileName"] = file_name
-        answer = self._dev("POST", "raw_item", payload)
-        file_id = answer.get("fileId")
-        return str(answer["itemId"]), str(file_id) if file_id else None
+        return str(self._dev("POST", "raw_item", payload)["itemId"])
 
     # --- plumbing -----------------------------------------------------------------------------
 

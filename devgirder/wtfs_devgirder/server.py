@@ -5,8 +5,8 @@ Run as ``python -m wtfs_devgirder.server --host 127.0.0.1 --port PORT --assetsto
 `wtfs_devgirder.control.LocalGirder` does so that port 0 never races).
 
 Importing this module does not import Girder: the mongomock shims must be installed first
-(`install_shims`), and only `main` does that. The shims, each for a measured failure (see
-/work/shared/notes/girder-offline.md):
+(`install_shims`), and only `main` does that. The shims, each for a failure Girder 5 meets
+on mongomock without it:
 
 1. ``pymongo.MongoClient`` is replaced by a factory returning mongomock clients sharing one store;
 2. mongomock rejects a ``tzinfo`` in codec options (it already returns UTC-aware datetimes);
@@ -17,9 +17,14 @@ Importing this module does not import Girder: the mongomock shims must be instal
 6. celery runs Girder's "local" tasks (folder delete, copy, import) eagerly, inline;
 7. notifications go to a loopback redis URL (without redis they are only logged).
 
+Girder loads every plugin installed beside it (the wtfs plugin, girder-plugin-wtfs, when
+scripts/bootstrap installed it); ``--no-plugins`` loads none, so that tests can ask what a stock
+Girder answers on the same machine (`disable_plugins`).
+
 The ASGI app is wrapped by `DevMiddleware`, which counts requests and bytes at the server and
 serves a few unauthenticated ``/__wtfs_dev/*`` endpoints (stats, throttle, bulk and hostile item
-creation). They exist for tests and benchmarks only: never expose this server beyond loopback.
+creation, the Girder events it recorded). They exist for tests and benchmarks only: never expose
+this server beyond loopback.
 """
 
 from __future__ import annotations
@@ -64,6 +69,15 @@ _DB_LOCK = threading.RLock()
 """Serialises every mongomock operation in this process (shim 5)."""
 
 _OBJECT_ID_RE = re.compile(r"^[0-9a-fA-F]{24}$")
+
+RECORDED_EVENTS = ("dm.session.delete",)
+"""Girder events the dev server records for tests (``GET /__wtfs_dev/events``).
+
+``dm.session.delete`` is the wtfs plugin's hook for releasing a session's locks
+(girder_plugin_wtfs.session.SESSION_DELETE_EVENT); recording it shows a test that the hook
+fires, once, with the right session, without the dev server importing the plugin.
+"""
+_events: deque[dict[str, Any]] = deque(maxlen=RANGES_KEPT)
 
 
 def bulk_file_content(name: str, size: int) -> bytes:
@@ -631,6 +645,8 @@ class DevMiddleware:
         try:
             if method == "GET" and action == "stats":
                 await _json_response(send, 200, self.stats.to_json())
+            elif method == "GET" and action == "events":
+                await _json_response(send, 200, {"events": list(_events)})
             elif method == "POST" and action == "stats/reset":
                 await _read_body(receive)
                 self.stats = Stats()
@@ -712,10 +728,42 @@ async def _json_response(send: Send, status: int, payload: Any) -> None:
 # Entry point
 
 
-def build_app(assetstore: Path, redis_url: str = DEFAULT_REDIS_URL) -> DevMiddleware:
+def disable_plugins() -> None:
+    """Make Girder find no plugin, as if none were installed: a stock Girder.
+
+    Girder memoises the plugins it found through the `girder.plugin` entry points in
+    `girder.plugin._pluginRegistry`; an empty registry set before `girder.wsgi` is imported
+    (which loads "all plugins") means none is loaded. Must run before the app is imported.
+    """
+    import girder.plugin
+
+    if "girder.wsgi" in sys.modules:
+        raise RuntimeError("disable_plugins() must run before girder.wsgi is imported")
+    girder.plugin._pluginRegistry = {}
+
+
+def record_events() -> None:
+    """Bind a recorder to each of `RECORDED_EVENTS` (after the plugins load: it runs last)."""
+    from girder import events
+
+    def record(event: Any) -> None:
+        info = event.info if isinstance(event.info, dict) else {}
+        _events.append({"event": event.name, "id": str(info.get("_id"))})
+
+    for name in RECORDED_EVENTS:
+        events.bind(name, "wtfs_devgirder.record", record)
+
+
+def build_app(
+    assetstore: Path, redis_url: str = DEFAULT_REDIS_URL, *, plugins: bool = True
+) -> DevMiddleware:
     """Install the shims, import Girder's ASGI app, create the assetstore, wrap the app."""
     install_shims(redis_url)
+    if not plugins:
+        disable_plugins()
     from girder.asgi import app as girder_app
+
+    record_events()
 
     ensure_assetstore(assetstore)
     return DevMiddleware(girder_app)
@@ -731,6 +779,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--assetstore", type=Path, required=True)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument("--access-log", action="store_true")
+    parser.add_argument(
+        "--no-plugins", action="store_true", help="load no Girder plugin (a stock Girder)"
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
 
@@ -739,7 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     started = time.monotonic()
-    app = build_app(args.assetstore, args.redis_url)
+    app = build_app(args.assetstore, args.redis_url, plugins=not args.no_plugins)
 
     import uvicorn
 

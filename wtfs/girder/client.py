@@ -18,7 +18,7 @@ import httpcore
 import httpx
 import trio
 
-from wtfs.config import Secret
+from wtfs.config import Config, GirderConfig, NetworkConfig, Secret
 from wtfs.errors import (
     AccessDenied,
     GirderUnavailable,
@@ -28,6 +28,7 @@ from wtfs.errors import (
     WtfsError,
 )
 from wtfs.girder.rawhttp import NotSimple, RawHttp, Response
+from wtfs.httpstatus import status_error, transport_error
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,16 @@ class GirderClient:
         api_url: str,
         api_key: Secret | None,
         *,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 30.0,
+        connect_timeout: float = NetworkConfig.connect_timeout,
+        read_timeout: float = NetworkConfig.read_timeout,
         transport: httpx.AsyncBaseTransport | None = None,
-        bulk_listing: bool = True,
+        bulk_listing: bool = GirderConfig.bulk_listing,
         raw_downloads: bool = True,
     ) -> None:
+        """`transport` replaces the network (tests); `raw_downloads=False` sends every
+        download through httpx (the raw receive path serves plain http only anyway)."""
         tune_httpcore()
-        #: None: not known yet whether the server has the wtfs plugin (wtfs.girder_plugin)
+        #: None: not known yet whether the server has the wtfs plugin (girder_plugin_wtfs)
         self._bulk_listing: bool | None = None if bulk_listing else False
         self.api_url = api_url.rstrip("/")
         self._api_key = api_key
@@ -119,7 +122,7 @@ class GirderClient:
                     data={"key": self._api_key.reveal(), "duration": str(TOKEN_DAYS)},
                 )
             except httpx.HTTPError as exc:
-                raise _network_error(exc, "getting a token") from None
+                raise network_error(exc, "getting a token") from None
             if response.status_code in (400, 401, 403):
                 raise AccessDenied(
                     f"Girder refused the API key ({response.status_code}): {_message(response)}"
@@ -149,16 +152,33 @@ class GirderClient:
         raise AssertionError("unreachable")
 
     async def _get_json_once(self, path: str, params: Mapping[str, Any] | None) -> Any:
+        return await self.request_json("GET", path, params=params)
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        data: Mapping[str, str] | None = None,
+    ) -> Any:
+        """One request (form ``data`` in the body), its JSON answer; the token refreshed on 401.
+
+        Not retried: a POST that timed out may have happened (`get_json` retries GETs).
+        """
+        what = f"{method} {path}"
         for attempt in range(2):
             headers = await self._auth_headers()
             try:
-                response = await self._http.get(path, params=params, headers=headers)
+                response = await self._http.request(
+                    method, path, params=params, data=data, headers=headers
+                )
             except httpx.HTTPError as exc:
-                raise _network_error(exc, f"GET {path}") from None
+                raise network_error(exc, what) from None
             if response.status_code == 401 and attempt == 0 and self._api_key is not None:
                 await self.refresh_token(stale=self._token)
                 continue
-            _raise_for_status(response, f"GET {path}")
+            _raise_for_status(response, what)
             return response.json()
         raise AssertionError("unreachable")
 
@@ -209,11 +229,11 @@ class GirderClient:
             except httpx.HTTPError as exc:
                 if started:
                     raise
-                raise _network_error(exc, f"GET {path}") from None
+                raise network_error(exc, f"GET {path}") from None
         try:
             response = await self._http.send(request, stream=True)
         except httpx.HTTPError as exc:
-            raise _network_error(exc, f"GET {path}") from None
+            raise network_error(exc, f"GET {path}") from None
         try:
             yield response
         finally:
@@ -233,11 +253,11 @@ class GirderClient:
         """("item" | "folder", document) for a dataSet `itemId`, which may be either."""
         try:
             return "item", await self.get_item(object_id)
-        except (NotFound, _BadRequest):
+        except (NotFound, BadRequest):
             pass
         try:
             return "folder", await self.get_folder(object_id)
-        except (NotFound, _BadRequest):
+        except (NotFound, BadRequest):
             raise NotFound(f"no Girder item or folder with id {object_id!r}") from None
 
     def list_folders(
@@ -275,8 +295,28 @@ class GirderClient:
         return items
 
 
-class _BadRequest(WtfsError):
-    """Girder's 400: e.g. an item id asked of /folder. Internal: resolve() falls back on it."""
+def girder_client(config: Config) -> GirderClient | None:
+    """The daemon's client, from the `girder` and `network` sections; None without an API URL
+    (whatever then needs Girder says that it is not configured)."""
+    if config.girder.api_url is None:
+        return None
+    return GirderClient(
+        config.girder.api_url,
+        config.girder.api_key,
+        connect_timeout=config.network.connect_timeout,
+        read_timeout=config.network.read_timeout,
+        bulk_listing=config.girder.bulk_listing,
+    )
+
+
+class BadRequest(WtfsError):
+    """Girder's 400. It answers so for an id it does not have, whatever the reason: an item id
+    asked of /folder (`resolve()` falls back on it), a file deleted since it was listed, or a
+    dataSet the session API refuses. `message` is the server's own words, to show as they are."""
+
+    def __init__(self, cause: str, message: str = "") -> None:
+        super().__init__(cause)
+        self.message = message
 
 
 def _message(response: httpx.Response) -> str:
@@ -293,26 +333,16 @@ def _raise_for_status(response: httpx.Response, what: str) -> None:
     code = response.status_code
     if code < 400:
         return
-    cause = f"{what}: Girder answered {code}: {_message(response)}"
-    if code in (401, 403):
-        raise AccessDenied(cause)
-    if code == 404:
-        raise NotFound(cause)
+    message = _message(response)
+    cause = f"{what}: Girder answered {code}: {message}"
     if code == 400:
-        raise _BadRequest(cause)
-    if code == 429 or code >= 500:
-        retry_after = response.headers.get("Retry-After")
-        delay = float(retry_after) if retry_after and retry_after.isdigit() else None
-        raise TransientError(cause, resume_after=delay)
-    raise TransferFailed(cause)
+        raise BadRequest(cause, message)
+    raise status_error(code, response.headers, cause)
 
 
-def _network_error(exc: httpx.HTTPError, what: str) -> WtfsError:
-    if isinstance(exc, httpx.TimeoutException):
-        return TransientError(f"{what}: Girder did not answer in time ({type(exc).__name__})")
-    if isinstance(exc, httpx.ConnectError):
-        return GirderUnavailable(f"{what}: cannot reach Girder ({exc})")
-    return TransientError(f"{what}: {type(exc).__name__}: {exc}")
+def network_error(exc: httpx.HTTPError, what: str) -> WtfsError:
+    """A failed exchange with Girder; one it cannot be reached at is `GirderUnavailable`."""
+    return transport_error(exc, what, peer="Girder", unreachable=GirderUnavailable)
 
 
 def _lifetime(expires: object) -> float:

@@ -1,4 +1,4 @@
-"""A Girder server plugin: list a folder's items *with their files* in one request per page.
+"""Bulk listing: a folder's items *with their files* in one request per page.
 
 Stock Girder can only list the files of one item per request (`GET /item/{id}/files`), so a
 client that must tell a one-file item (shown as a file) from a multi-file item (a directory)
@@ -10,10 +10,14 @@ with the same items, in the same order and with the same access checks as
 `GET /item?folderId={id}&sort=_id`, each carrying a `files` list as `GET /item/{id}/files`
 would give it: two database queries per page (the files by `itemId $in`, an indexed field).
 
-It runs inside the Girder server, never in the wtfs daemon: Girder loads it when the `wtfs`
-distribution is installed in the server's environment (entry point `girder.plugin`). The
-daemon uses it when present and falls back to per-item requests when it is not.
+It runs inside the Girder server, never in the wtfs daemon: Girder loads it when the
+`girder-plugin-wtfs` distribution is installed in the server's environment (entry point
+`girder.plugin`, see `girder_plugin_wtfs.WtfsPlugin`). The daemon uses it when present and
+falls back to per-item requests when it is not.
 """
+
+# Girder is untyped (Any to mypy), and a Girder REST resource must subclass and decorate with it.
+# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False
 
 from __future__ import annotations
 
@@ -26,7 +30,6 @@ from girder.constants import AccessType, SortDir, TokenScope
 from girder.models.file import File
 from girder.models.folder import Folder
 from girder.models.item import Item
-from girder.plugin import GirderPlugin
 
 ROUTE = "wtfs"
 MAX_LIMIT = 5000
@@ -65,10 +68,3 @@ class WtfsListing(Resource):
         for item in items:
             item["files"] = by_item[str(item["_id"])]
         return items
-
-
-class WtfsPlugin(GirderPlugin):
-    DISPLAY_NAME = "wtfs bulk listing"
-
-    def load(self, info: dict[str, Any]) -> None:
-        info["apiRoot"].wtfs = WtfsListing()
