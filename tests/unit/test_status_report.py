@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from wtfs_index.index import Index, TransferStatus
+from wtfs_index import Index, LockKind, TransferRow, TransferStatus
 from wtfs_index.owner import Owner
 
+from tests.unit.conftest import FillEntry, new_entry
 from wtfs.cache.store import Store
 from wtfs.config import Config
 from wtfs.status.report import DISCARD_AFTER, gather, transfer_record
-
-FillEntry = Callable[..., None]  # the `fill_entry` fixture
 
 SEED_001_TRANSFER_KEYS = {
     "_accessLevel",
@@ -33,8 +31,13 @@ SEED_001_TRANSFER_KEYS = {
 }
 
 
-def config_for(root: Path) -> Config:
-    return Config(private_storage_path=root, private_storage_capacity=1000)
+def config_for(store: Store | Path) -> Config:
+    """The config `wtfs status` would read for this store (its index_url included)."""
+    if isinstance(store, Path):
+        return Config(private_storage_path=store, private_storage_capacity=1000)
+    return Config(
+        private_storage_path=store.root, private_storage_capacity=1000, index_url=store.index_url
+    )
 
 
 def add_transfer(
@@ -81,31 +84,36 @@ def test_status_of_a_store_that_does_not_exist(tmp_path: Path) -> None:
     json.dumps(report.to_json())
 
 
-def test_status_of_an_empty_store(store: Store) -> None:
-    report = gather(config_for(store.root))
+def test_status_of_a_store_without_its_sqlite_index(local_store: Store) -> None:
+    report = gather(config_for(local_store))
     assert report.store["exists"] is False
     assert report.failed_count == 0
-    assert not store.index_path.exists()
+    assert not local_store.index_path.exists()  # looking does not create it
 
 
 def test_status_of_a_fresh_index(store: Store, index: Index) -> None:
-    report = gather(config_for(store.root))
+    report = gather(config_for(store))
     assert report.store["exists"] is True
     assert report.store["entries"] == 0
     assert report.transfers == []
+    assert report.store["index"] == index.describe()
 
 
-def test_usage_counts_present_and_reserved_bytes(
+def test_usage_counts_present_reserved_and_unlinking_bytes(
     store: Store, index: Index, me: Owner, fill_entry: FillEntry
 ) -> None:
-    fill_entry("a", 300)
-    index.ensure_entry("b", "item-b", 500, None, "girder:x", "/b")
-    index.reserve("b", 0, 200, me, capacity=1000)
-    index.mark_complete("a")
-    report = gather(config_for(store.root))
+    c = fill_entry("c", 100)
+    a = fill_entry("a", 300)
+    b = new_entry(index, "b", 500)
+    index.reserve(b.key, 0, 200, me, capacity=1000)
+    index.mark_complete(a.key)
+    evicted = index.evict_lru(500, me.owner_id, "gc")  # c: its file not yet unlinked
+    assert [e.key for e in evicted] == [c.key]
+    report = gather(config_for(store))
     assert report.store["present"] == 300
     assert report.store["reserved"] == 200
-    assert report.store["usage"] == 500
+    assert report.store["unlinking"] == 100
+    assert report.store["usage"] == 600
     assert report.store["entries"] == 2
     assert report.store["complete"] == 1
 
@@ -114,9 +122,9 @@ def test_a_transfer_record_has_seed_001s_keys_and_codes(
     store: Store, index: Index, me: Owner
 ) -> None:
     tid = add_transfer(index, me, status=TransferStatus.DONE, ended_ago=1, transferred=2048)
-    [record] = gather(config_for(store.root)).transfers
+    [record] = gather(config_for(store)).transfers
     assert set(record) >= SEED_001_TRANSFER_KEYS
-    assert record["_id"] == tid
+    assert record["_id"] == str(tid)
     assert record["_modelType"] == "transfer"
     assert record["itemId"] == "item-1"
     assert record["ownerId"] == me.owner_id
@@ -133,7 +141,7 @@ def test_a_transfer_record_has_seed_001s_keys_and_codes(
 def test_status_codes_in_records_follow_seed_001(store: Store, index: Index, me: Owner) -> None:
     for status in TransferStatus:
         add_transfer(index, me, status=status)
-    records = gather(config_for(store.root)).transfers
+    records = gather(config_for(store)).transfers
     assert [(r["status"], r["statusName"]) for r in records] == [
         (0, "INITIALIZING"),
         (1, "QUEUED"),
@@ -141,7 +149,7 @@ def test_status_codes_in_records_follow_seed_001(store: Store, index: Index, me:
         (3, "DONE"),
         (4, "FAILED"),
     ]
-    assert gather(config_for(store.root)).failed_count == 1
+    assert gather(config_for(store)).failed_count == 1
 
 
 def test_discard_old_hides_transfers_that_ended_over_a_minute_ago(
@@ -150,10 +158,10 @@ def test_discard_old_hides_transfers_that_ended_over_a_minute_ago(
     old = add_transfer(index, me, status=TransferStatus.DONE, ended_ago=DISCARD_AFTER + 5)
     recent = add_transfer(index, me, status=TransferStatus.FAILED, ended_ago=10)
     running = add_transfer(index, me, status=TransferStatus.TRANSFERRING)
-    shown = [t["_id"] for t in gather(config_for(store.root)).transfers]
-    assert shown == [recent, running]
-    every = [t["_id"] for t in gather(config_for(store.root), discard_old=False).transfers]
-    assert every == [old, recent, running]
+    shown = [t["_id"] for t in gather(config_for(store)).transfers]
+    assert shown == [str(recent), str(running)]
+    every = [t["_id"] for t in gather(config_for(store), discard_old=False).transfers]
+    assert every == [str(old), str(recent), str(running)]
 
 
 def test_status_can_be_limited_to_one_session(store: Store, index: Index, me: Owner) -> None:
@@ -161,28 +169,18 @@ def test_status_can_be_limited_to_one_session(store: Store, index: Index, me: Ow
     add_transfer(index, me, session_id="theirs", status=TransferStatus.QUEUED)
     index.acquire_lock("item-1", "mine", me)
     index.acquire_lock("item-2", "theirs", me)
-    report = gather(config_for(store.root), session_id="mine")
-    assert [t["_id"] for t in report.transfers] == [mine]
+    report = gather(config_for(store), session_id="mine")
+    assert [t["_id"] for t in report.transfers] == [str(mine)]
     assert [lock["itemId"] for lock in report.locks] == ["item-1"]
 
 
 def test_the_transfer_rate_is_bytes_per_second() -> None:
-    row = {
-        "id": 1,
-        "item_id": "i",
-        "owner_id": "o",
-        "session_id": "s",
-        "path": "/p",
-        "size": 100,
-        "transferred": 100,
-        "status": 3,
-        "start_time": 1000.0,
-        "end_time": 1004.0,
-        "error": None,
-        "attempts": 1,
-        "start_offset": 0,
-        "source": "http://h/x",
-    }
+    row = TransferRow(
+        id=1, key="k", item_id="i", path="/p", session_id="s", owner_id="o",
+        source="http://h/x", status=3, size=100, start_offset=0, transferred=100,
+        start_time=1000.0, end_time=1004.0, error=None, attempts=1, created=999.0,
+        retry_requested=False,
+    )  # fmt: skip
     record = transfer_record(row, now=5000.0)
     assert record["rate"] == 25
     assert record["startTime"] == "1970-01-01T00:16:40+00:00"
@@ -191,27 +189,38 @@ def test_the_transfer_rate_is_bytes_per_second() -> None:
 def test_mounts_locks_and_totals_are_reported(
     store: Store, index: Index, me: Owner, dead_owner: Owner, other_live_owner: Owner
 ) -> None:
+    index.unregister_owner(me.owner_id)  # registered again as the mount of /mnt/a
     index.register_owner(
         me, "mount", mountpoint="/mnt/a", session_id="s1", session_origin="file:/s.yaml"
     )
-    index.register_owner(other_live_owner, "status")
     index.heartbeat(me, {"hits": 2}, {})
-    index.register_owner(dead_owner, "mount", mountpoint="/mnt/dead", session_id="s2")
     index.heartbeat(dead_owner, {"hits": 5, "misses": 1}, {})
     index.unregister_owner(dead_owner.owner_id)  # its counters go to the totals
-    index.acquire_lock("item-1", "s1", me, mountpoint="/mnt/a", path="/a")
-    report = gather(config_for(store.root))
-    assert [(m["mountpoint"], m["alive"]) for m in report.mounts] == [("/mnt/a", True)]
+    gone = Owner.current("crashed")  # a mount that died and is not reclaimed yet
+    index.register_owner(gone, "mount", mountpoint="/mnt/b")
+    index.acquire_lock("item-1", "s1", me, entry_key="girder:a@v1", mountpoint="/mnt/a",
+                       path="/a")  # fmt: skip
+    index.acquire_lock("item-2", "s1", Owner.lease_only("girder"), kind=LockKind.HOLD,
+                       expires_in=60)  # fmt: skip
+    report = gather(config_for(store))
+    assert [(m["mountpoint"], m["alive"]) for m in report.mounts] == [
+        ("/mnt/a", True),
+        ("/mnt/b", True),
+    ]
     assert report.totals == {"hits": 7, "misses": 1}
-    [lock] = report.locks
-    assert (lock["itemId"], lock["sessionId"], lock["alive"]) == ("item-1", "s1", True)
-    assert lock["_modelType"] == "lock"
+    read, hold = report.locks
+    assert (read["itemId"], read["sessionId"], read["kind"], read["alive"]) == (
+        "item-1", "s1", "read", True,
+    )  # fmt: skip
+    assert read["_modelType"] == "lock" and read["expires"] is None
+    assert (hold["itemId"], hold["kind"], hold["alive"]) == ("item-2", "hold", True)
+    assert hold["expires"] is not None and hold["host"] is None
 
 
 def test_evictions_and_failures_are_reported(store: Store, index: Index, me: Owner) -> None:
-    index.ensure_entry("k", "item-k", 10, None, "girder:x", "/k")
-    index.delete_entry("k", "checksum", me.owner_id)
-    index.record_failure("fetch", "k", "HTTP 500 from server", me.owner_id)
-    report = gather(config_for(store.root))
-    assert [(e["key"], e["reason"]) for e in report.evictions] == [("k", "checksum")]
+    k = new_entry(index, "k", 10).key
+    index.delete_entry(k, "checksum", me.owner_id)
+    index.record_failure("fetch", k, "HTTP 500 from server", me.owner_id)
+    report = gather(config_for(store))
+    assert [(e["key"], e["reason"]) for e in report.evictions] == [(k, "checksum")]
     assert [(f["kind"], f["cause"]) for f in report.failures] == [("fetch", "HTTP 500 from server")]

@@ -13,7 +13,7 @@ import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from wtfs_index.index import Index, TransferStatus
+from wtfs_index import Index, TransferStatus
 
 from wtfs.cache.stats import Stats
 
@@ -49,20 +49,23 @@ class WtfsCollector(Collector):
         yield GaugeMetricFamily("wtfs_store_usage_bytes", "Bytes held or reserved in the store",
                                 value=usage)  # fmt: skip
         yield GaugeMetricFamily("wtfs_store_capacity_bytes", "Store capacity", value=self.capacity)
-        locks = self.index.query("SELECT COUNT(*) FROM locks")[0][0]
+        locks = self.index.lock_total()
         yield GaugeMetricFamily("wtfs_locks", "Live locks in the store (all mounts)", value=locks)
         by_status = GaugeMetricFamily("wtfs_transfers", "Transfer records by status",
                                       labels=["status"])  # fmt: skip
-        counts: dict[int, int] = {
-            row[0]: row[1]
-            for row in self.index.query("SELECT status, COUNT(*) FROM transfers GROUP BY status")
-        }
+        counts = self.index.transfer_counts()
         for status in TransferStatus:
             by_status.add_metric([status.name], counts.get(int(status), 0))
         yield by_status
-        moved = self.index.query("SELECT COALESCE(SUM(transferred), 0) FROM transfers")[0][0]
+        moved = self.index.transferred_total()
         yield GaugeMetricFamily("wtfs_transferred_bytes", "Bytes moved by recorded transfers",
                                 value=moved)  # fmt: skip
+
+
+def registry_of(collector: WtfsCollector) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry
 
 
 def render(registry: CollectorRegistry) -> bytes:

@@ -1,30 +1,34 @@
 """What `wtfs status` shows, read from the shared index (works with 0, 1 or many mounts).
 
-JSON records use seed 001's field names and status codes for transfers (`_id`, `itemId`,
-`ownerId`, `path`, `sessionId`, `size`, `transferred`, `status`, `startTime`, `endTime`,
-`error`, ...), plus `rate` (bytes/s), `attempts` and `source`.
+Locks and transfers are shaped by `wtfs_index.records`, as the Girder plugin's /dm/lock and
+/dm/transfer shape them: the field names and status codes of WholeTale's Data Manager (`_id`,
+`itemId`, `ownerId`, `path`, `sessionId`, `size`, `transferred`, `status` 0-4, `startTime`,
+`endTime`, `error`, ...; tests/fixtures/seed001 holds its examples), plus `rate` (bytes/s),
+`attempts` and `source`.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from wtfs_index.index import Index, TransferStatus
-from wtfs_index.owner import is_alive
+from wtfs_index import (
+    DISCARD_AFTER,
+    Index,
+    Owner,
+    TransferStatus,
+    index_location,
+    open_index,
+)
+from wtfs_index.records import iso, lock_record, transfer_record
 
+from wtfs.cache.space import measure
 from wtfs.cache.store import Store
-from wtfs.config import Config
+from wtfs.config import Config, gc_policy
 
-DISCARD_AFTER = 60.0  # seed 001: discardOld hides transfers finished more than a minute ago
 RECENT = 20
-
-
-def iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat() if ts else None
 
 
 @dataclass
@@ -54,12 +58,16 @@ class Report:
 
 
 def gather(config: Config, *, session_id: str | None = None, discard_old: bool = True) -> Report:
-    store = Store(config.private_storage_path)
+    store = Store(config.private_storage_path, config.index_url)
+    marks = gc_policy(config)
     store_info: dict[str, Any] = {
         "path": str(config.private_storage_path),
+        "index": index_location(config.index_url, config.private_storage_path),
         "capacity": config.private_storage_capacity,
-        "gcStartBytes": config.gc_start_bytes,
-        "gcEndBytes": config.gc_end_bytes,
+        # what the store may hold: the capacity, or less when its filesystem holds less
+        "effectiveCapacity": config.private_storage_capacity,
+        "gcStartBytes": marks.start_bytes,
+        "gcEndBytes": marks.end_bytes,
         "gcStartFraction": config.gc_collect_start_fraction,
         "gcEndFraction": config.gc_collect_end_fraction,
         "usage": 0,
@@ -69,129 +77,85 @@ def gather(config: Config, *, session_id: str | None = None, discard_old: bool =
         "complete": 0,
         "exists": False,
     }
-    if not store.index_path.exists():
+    if not store.has_index():
         return Report(store_info)
-    index = Index(store.index_path)
+    index = open_index(config.index_url, config.private_storage_path, lease=config.lease)
     try:
-        return _gather(index, store_info, session_id, discard_old)
+        return _gather(index, store, config, store_info, session_id, discard_old)
     finally:
         index.close()
 
 
 def _gather(
-    index: Index, store_info: dict[str, Any], session_id: str | None, discard_old: bool
+    index: Index,
+    store: Store,
+    config: Config,
+    store_info: dict[str, Any],
+    session_id: str | None,
+    discard_old: bool,
 ) -> Report:
-    q = index.query
-    present, entries, complete = q(
-        "SELECT COALESCE(SUM(present),0), COUNT(*), COALESCE(SUM(complete),0) FROM entries"
-    )[0]
-    reserved = q("SELECT COALESCE(SUM(bytes),0) FROM claims")[0][0]
-    unlinking = q("SELECT COALESCE(SUM(bytes),0) FROM unlinking")[0][0]
+    me = Owner.current("status")
+    summary = index.summary()
     store_info.update(
         exists=True,
-        present=present,
-        reserved=reserved,
-        unlinking=unlinking,
-        usage=present + reserved + unlinking,
-        entries=entries,
-        complete=complete,
+        present=summary.present,
+        reserved=summary.reserved,
+        unlinking=summary.unlinking,
+        usage=summary.usage,
+        entries=summary.entries,
+        complete=summary.complete,
     )
+    capacity = measure(store, config.private_storage_capacity, config.disk_reserve, summary)
+    if capacity.limited:  # the GC's marks are fractions of what the store may hold
+        marks = dataclasses.replace(gc_policy(config), capacity=capacity.effective)
+        store_info.update(
+            effectiveCapacity=capacity.effective,
+            gcStartBytes=marks.start_bytes,
+            gcEndBytes=marks.end_bytes,
+        )
     report = Report(store_info)
     now = time.time()
-    saved = q("SELECT v FROM meta WHERE k = 'totals'")
-    totals: dict[str, int] = json.loads(saved[0]["v"]) if saved else {}
-    for row in q("SELECT * FROM owners ORDER BY started"):
-        stats = json.loads(row["stats"])
-        for key, value in stats.items():
-            totals[key] = totals.get(key, 0) + value
-        if row["kind"] != "mount" or (session_id and row["session_id"] != session_id):
+    report.totals = index.totals()
+    for owner in index.owners(me):
+        if owner.kind != "mount" or (session_id and owner.session_id != session_id):
             continue
         report.mounts.append(
             {
-                "ownerId": row["owner_id"],
-                "pid": row["pid"],
-                "mountpoint": row["mountpoint"],
-                "sessionId": row["session_id"],
-                "origin": row["session_origin"],
-                "started": iso(row["started"]),
-                "heartbeat": iso(row["heartbeat"]),
-                "alive": is_alive(row["pid"], row["pid_start"]),
-                "stats": stats,
+                "ownerId": owner.owner_id,
+                "host": owner.host,
+                "pid": owner.pid,
+                "mountpoint": owner.mountpoint,
+                "sessionId": owner.session_id,
+                "origin": owner.session_origin,
+                "started": iso(owner.started),
+                "heartbeat": iso(owner.heartbeat),
+                "alive": owner.alive,
+                "stats": owner.stats,
             }
         )
-    report.totals = totals
-    where: list[str] = ["1=1"]
-    params: list[object] = []
-    if session_id:
-        where.append("session_id = ?")
-        params.append(session_id)
-    if discard_old:
-        where.append("(end_time IS NULL OR end_time >= ?)")
-        params.append(now - DISCARD_AFTER)
-    for row in q(f"SELECT * FROM transfers WHERE {' AND '.join(where)} ORDER BY id", params):
+    ended_after = now - DISCARD_AFTER if discard_old else None
+    for row in index.transfers(session_id=session_id, ended_after=ended_after):
         report.transfers.append(transfer_record(row, now))
-    lock_where = "WHERE session_id = ?" if session_id else ""
-    for row in q(
-        f"SELECT * FROM locks {lock_where} ORDER BY id", [session_id] if session_id else []
-    ):
-        report.locks.append(
-            {
-                "_id": row["id"],
-                "_modelType": "lock",
-                "itemId": row["item_id"],
-                "sessionId": row["session_id"],
-                "ownerId": row["owner_id"],
-                "pid": row["pid"],
-                "path": row["path"],
-                "mountpoint": row["mountpoint"],
-                "created": iso(row["created"]),
-                "alive": is_alive(row["pid"], row["pid_start"]),
-            }
-        )
-    for row in q("SELECT * FROM evictions ORDER BY id DESC LIMIT ?", [RECENT]):
+    for lock in index.locks(me, session_id=session_id):
+        report.locks.append(lock_record(lock))
+    for ev in index.evictions(RECENT):
         report.evictions.append(
             {
-                "key": row["key"],
-                "itemId": row["item_id"],
-                "path": row["path"],
-                "bytes": row["bytes"],
-                "time": iso(row["time"]),
-                "reason": row["reason"],
+                "key": ev.key,
+                "itemId": ev.item_id,
+                "path": ev.path,
+                "bytes": ev.bytes,
+                "time": iso(ev.time),
+                "reason": ev.reason,
             }
         )
-    for row in q("SELECT * FROM failures ORDER BY id DESC LIMIT ?", [RECENT]):
+    for failure in index.failures(RECENT):
         report.failures.append(
             {
-                "time": iso(row["time"]),
-                "kind": row["kind"],
-                "key": row["key"],
-                "cause": row["cause"],
+                "time": iso(failure.time),
+                "kind": failure.kind,
+                "key": failure.key,
+                "cause": failure.cause,
             }
         )
     return report
-
-
-def transfer_record(row: Any, now: float) -> dict[str, Any]:
-    start, end = row["start_time"], row["end_time"]
-    elapsed = ((end or now) - start) if start else 0.0
-    rate = row["transferred"] / elapsed if elapsed > 0 else 0.0
-    return {
-        "_id": row["id"],
-        "_modelType": "transfer",
-        "_accessLevel": 2,
-        "itemId": row["item_id"],
-        "ownerId": row["owner_id"],
-        "sessionId": row["session_id"],
-        "path": row["path"],
-        "size": row["size"],
-        "transferred": row["transferred"],
-        "status": row["status"],
-        "statusName": TransferStatus(row["status"]).name,
-        "startTime": iso(start),
-        "endTime": iso(end),
-        "error": row["error"],
-        "rate": round(rate),
-        "attempts": row["attempts"],
-        "offset": row["start_offset"],
-        "source": row["source"],
-    }
