@@ -1,5 +1,6 @@
-"""Shared fixtures: one real Girder 5 (seeded) per test session, real mounts, and one real
-PostgreSQL server per test session with a fresh database for each test that asks."""
+"""Shared fixtures: one real Girder 5 (seeded, with the wtfs plugin) per test session, a stock
+Girder (no plugin) when a test asks for one, real mounts, and one real PostgreSQL server per
+test session with a fresh database for each test that asks."""
 
 from __future__ import annotations
 
@@ -21,6 +22,16 @@ from tests.support.postgres import PostgresServer, running_postgres
 @pytest.fixture(scope="session")
 def girder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGirder]:
     server = start_local_girder(tmp_path_factory)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def stock_girder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGirder]:
+    """A Girder with no plugin loaded: what wtfs meets on a server without girder-plugin-wtfs."""
+    server = start_local_girder(tmp_path_factory, "stock-girder", plugins=False)
     try:
         yield server
     finally:

@@ -6,41 +6,60 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 import trio
 
 from wtfs.config import Config, load_config
+from wtfs.daemon import ready as handshake
 from wtfs.daemon.logs import open_deferred_log, setup_logging
-from wtfs.errors import ConfigError, WtfsError
+from wtfs.errors import ConfigError, WtfsError, from_index
+
+if TYPE_CHECKING:
+    from wtfs_index import Index
+
+    from wtfs.girder.client import GirderClient
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 READY_TIMEOUT = 300.0
 REFRESH_POLL = 0.1  # seconds between looks at the mount's refresh counter
 
 
+def exit_code(exc: WtfsError | None) -> int:
+    """The one place errors become exit codes: 2 for bad input (nothing was done), else 1."""
+    if exc is None:
+        return 0
+    return 2 if isinstance(exc, ConfigError) else 1
+
+
 def fail(exc: WtfsError) -> NoReturn:
     click.echo(f"wtfs: {exc.cause}", err=True)
-    sys.exit(2 if isinstance(exc, ConfigError) else 1)
+    sys.exit(exit_code(exc))
 
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The one CLI error printer: WtfsError → one line on stderr and an exit code."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from wtfs_index import IndexDamaged, IndexFailure
+
         try:
             return fn(*args, **kwargs)
         except WtfsError as exc:
             fail(exc)
+        except IndexDamaged as exc:
+            fail(ConfigError(exc.cause))
+        except IndexFailure as exc:
+            fail(from_index(exc))
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
@@ -52,7 +71,33 @@ def _config(ctx: click.Context) -> Config:
     return config
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _index(config: Config) -> Index:
+    """The configured store's index, which must exist (a ConfigError says so otherwise)."""
+    from wtfs.cache.store import Store
+
+    store = Store(config.private_storage_path, config.index_url)
+    if not store.has_index():
+        raise ConfigError(f"private_storage_path: no store at {config.private_storage_path}")
+    return store.open_index(lease=config.lease)
+
+
+class _Wtfs(click.Group):
+    """`wtfs`, which also answers mount.fuse3's call for an fstab line of type fuse.wtfs
+    (`wtfs SOURCE MOUNTPOINT -o OPTIONS`, see wtfs/mounthelper.py) by turning it into the
+    `wtfs mount` it means."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        from wtfs.mounthelper import from_mount_fuse3
+
+        try:
+            mount_args = from_mount_fuse3(args, self.commands)
+        except ConfigError as exc:
+            fail(exc)
+        return super().parse_args(ctx, mount_args if mount_args is not None else args)
+
+
+@click.group(cls=_Wtfs, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="wtfs", prog_name="wtfs", message="%(prog)s %(version)s")
 @click.option(
     "-c",
     "--config",
@@ -74,6 +119,7 @@ def main(ctx: click.Context, config_path: str | None, verbose: int) -> None:
 @click.argument("args", nargs=-1, metavar="[SESSION] MOUNTPOINT")
 @click.option("--session-id", help="Fetch the session from Girder's /dm/session/{id}.")
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (for supervisors).")
+@click.option("--noexec", is_flag=True, help="Mount noexec: no exec or mmap(PROT_EXEC) of files.")
 @click.option("--ready-fd", type=int, hidden=True)
 @click.pass_context
 @guarded
@@ -82,6 +128,7 @@ def mount(
     args: tuple[str, ...],
     session_id: str | None,
     foreground: bool,
+    noexec: bool,
     ready_fd: int | None,
 ) -> None:
     """Mount a session (a YAML/JSON file, or --session-id) at MOUNTPOINT.
@@ -100,9 +147,10 @@ def mount(
         mountpoint=Path(args[-1]).absolute(),
         session_file=Path(args[0]) if session_id is None else None,
         session_id=session_id,
+        noexec=noexec,
     )
     if not foreground:
-        _mount_in_background(ctx, (*args[:-1], str(request.mountpoint)), session_id)
+        _mount_in_background(ctx, (*args[:-1], str(request.mountpoint)), session_id, noexec)
         return
     log_file = config.log_file if ready_fd is not None else None
     default_log = config.private_storage_path / "logs" / f"mount-{request.mountpoint.name}.log"
@@ -110,15 +158,12 @@ def mount(
     memory = setup_logging(config, ctx.obj["verbose"], log_file=log_file, deferred=deferred)
     outcome: list[WtfsError | None] = []
 
-    def ready(error: WtfsError | None) -> None:
+    def ready(error: WtfsError | None, warnings: Sequence[str] = ()) -> None:
         outcome.append(error)
         if memory is not None and error is None:
             open_deferred_log(memory, config, default_log)
         if ready_fd is not None:
-            code = 2 if isinstance(error, ConfigError) else 1
-            message = "OK\n" if error is None else f"ERR {code} {error.cause}\n"
-            os.write(ready_fd, message.encode())
-            os.close(ready_fd)
+            handshake.send(ready_fd, exit_code(error), error.cause if error else "", warnings)
         if error is not None:
             log.error("mount failed: %s", error.cause)
 
@@ -127,9 +172,11 @@ def mount(
         fail(outcome[0])
 
 
-def _mount_in_background(ctx: click.Context, args: tuple[str, ...], session_id: str | None) -> None:
+def _mount_in_background(
+    ctx: click.Context, args: tuple[str, ...], session_id: str | None, noexec: bool
+) -> None:
     """Re-run ourselves with --foreground in a new session; wait for its ready message."""
-    read_fd, write_fd = os.pipe()
+    pipe = handshake.ReadyPipe()
     argv = [sys.executable, "-m", "wtfs"]
     if ctx.obj["config_path"]:
         argv += ["--config", ctx.obj["config_path"]]
@@ -138,8 +185,9 @@ def _mount_in_background(ctx: click.Context, args: tuple[str, ...], session_id: 
         "mount",
         "--foreground",
         "--ready-fd",
-        str(write_fd),
+        str(pipe.fd),
         *(["--session-id", session_id] if session_id else []),
+        *(["--noexec"] if noexec else []),
         *args,
     ]
     # The API key travels in the environment (as it came), never in argv.
@@ -150,28 +198,25 @@ def _mount_in_background(ctx: click.Context, args: tuple[str, ...], session_id: 
                 stdin=devnull,
                 stdout=devnull,
                 stderr=devnull,
-                pass_fds=(write_fd,),
+                pass_fds=(pipe.fd,),
                 start_new_session=True,
             )
     except OSError as exc:
-        os.close(write_fd)
-        os.close(read_fd)
+        pipe.close()
         raise WtfsError(f"cannot start the mount daemon ({argv[0]}): {exc.strerror}") from None
-    os.close(write_fd)
-    with os.fdopen(read_fd) as pipe:
-        ready, _, _ = select.select([pipe], [], [], READY_TIMEOUT)
-        message = pipe.readline().strip() if ready else ""
-    if not ready:
+    answer = pipe.wait(READY_TIMEOUT)
+    if answer.state == "timeout":
         child.terminate()
         click.echo(f"wtfs: the mount was not ready after {READY_TIMEOUT:g}s; stopped it", err=True)
         sys.exit(1)
-    if message == "OK":
+    for warning in answer.warnings:
+        click.echo(f"wtfs: warning: {warning}", err=True)
+    if answer.ready:
         click.echo(f"wtfs: mounted (pid {child.pid})", err=True)
         return
-    if message.startswith("ERR "):
-        _, code, cause = message.split(" ", 2)
-        click.echo(f"wtfs: {cause}", err=True)
-        sys.exit(int(code))
+    if answer.state == "failed":
+        click.echo(f"wtfs: {answer.cause}", err=True)
+        sys.exit(answer.code)
     child.wait(timeout=10)
     click.echo(f"wtfs: the mount daemon exited ({child.returncode}) before it was ready", err=True)
     sys.exit(1)
@@ -208,22 +253,23 @@ def umount(ctx: click.Context, mountpoint: str, lazy: bool, timeout: float) -> N
 
 
 def _mount_daemon(ctx: click.Context, path: Path) -> int | None:
-    """The pid of the live wtfs daemon serving `path`, per the configured store's index."""
-    from wtfs_index.index import Index
+    """The pid of the live wtfs daemon serving `path`, per the configured store's index (only
+    one this process can signal: same host, same PID namespace)."""
+    from wtfs_index import IndexDamaged, IndexFailure, Owner
 
     try:
         config: Config = load_config(ctx.obj["config_path"])
-    except ConfigError:
-        return None  # no usable config: fall back to fusermount3
-    index_path = config.private_storage_path / "index.sqlite3"
-    if not index_path.exists():
+        index = _index(config)
+    except IndexDamaged as exc:  # unmount all the same: the daemon is not known, say why
+        click.echo(f"wtfs: warning: {exc.cause}; unmounting with fusermount3", err=True)
         return None
-    index = Index(index_path)
+    except (ConfigError, IndexFailure):
+        return None  # no usable config or index: fall back to fusermount3
     try:
-        row = index.live_mount(str(path))
+        row = index.live_mount(str(path), Owner.current("cli"))
     finally:
         index.close()
-    return int(row["pid"]) if row is not None else None
+    return row.pid if row is not None else None
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
@@ -249,7 +295,7 @@ def status(
 ) -> None:
     """Store usage, mounts, transfers, locks and evictions (exit 3 if any transfer FAILED)."""
     from wtfs.status.report import gather
-    from wtfs.status.view import render_table, watch_table
+    from wtfs.status.view import plain, render_table, watch_table
 
     config = _config(ctx)
     if watch:
@@ -258,8 +304,10 @@ def status(
     report = gather(config, session_id=session_id, discard_old=not show_all)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
-    else:
+    elif sys.stdout.isatty():
         render_table(report)
+    else:  # a pipe or a file: rich would cut the table at 80 columns
+        click.echo(plain(report), nl=False)
     if report.failed_count:
         sys.exit(3)
 
@@ -269,30 +317,158 @@ def status(
 @guarded
 def gc(ctx: click.Context) -> None:
     """Run one GC pass now (evict to the end mark if usage is past the start mark)."""
-    from wtfs_index.owner import Owner
+    from wtfs_index import Owner
 
     from wtfs.cache.store import Store
-    from wtfs.config import format_size
-    from wtfs.daemon.serve import gc_policy
+    from wtfs.config import format_size, gc_policy
     from wtfs.gc.evictor import collect
 
     config = _config(ctx)
-    store = Store(config.private_storage_path)
+    store = Store(config.private_storage_path, config.index_url)
     store.prepare()
-    index = store.open_index()
-    report = collect(index, store, gc_policy(config), Owner.current("gc").owner_id)
-    index.close()
+    index = store.open_index(lease=config.lease)
+    try:
+        report = collect(index, store, gc_policy(config), Owner.current("gc"))
+    finally:
+        index.close()
+    limited = ""
+    if report.capacity < config.private_storage_capacity:
+        limited = (
+            f" (the filesystem holds no more; {format_size(config.private_storage_capacity)}"
+            " configured)"
+        )
     click.echo(
         f"usage {format_size(report.usage_before)} → {format_size(report.usage_after)} of "
-        f"{format_size(config.private_storage_capacity)}; evicted {len(report.evicted)} "
+        f"{format_size(report.capacity)}{limited}; evicted {len(report.evicted)} "
         f"entries ({format_size(report.freed)}); reclaimed {report.reclaimed} "
         f"in {report.seconds * 1000:.0f} ms"
     )
 
 
+@main.command()
+@click.option("--verify", is_flag=True, help="Also hash complete files that have a checksum.")
+@click.option("--repair", is_flag=True, help="Repair what is found (see wtfs fsck --help).")
+@click.option("--force", is_flag=True, help="Repair even while mounts of the store are live.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@guarded
+def fsck(ctx: click.Context, verify: bool, repair: bool, force: bool, as_json: bool) -> None:
+    """Check the store's index against its data files, and the files against the index.
+
+    Sizes, present ranges, data files no entry names, entries whose file is gone, unlinking
+    batches left behind, what dead processes left; --verify hashes complete files with a
+    checksum. --repair drops damaged entries or ranges (fetched again when read), sweeps
+    orphans, finishes batches, and moves a damaged SQLite index aside, starting a fresh one
+    (its data files are then orphans, swept). While a mount of the store is live it only
+    checks, unless --force. Exit 0: clean; 1: problems found (repaired or not).
+    """
+    from wtfs.cache.fsck import fsck as check
+    from wtfs.cache.store import Store
+
+    config = _config(ctx)
+    store = Store(config.private_storage_path, config.index_url)
+    if not store.root.is_dir():
+        raise ConfigError(f"private_storage_path: no store at {config.private_storage_path}")
+    report = check(store, verify=verify, repair=repair, force=force, lease=config.lease)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo("\n".join(report.lines()))
+    if not report.clean:
+        sys.exit(1)
+
+
 @main.group()
 def session() -> None:
-    """Work with the session of a running mount."""
+    """Sessions kept in Girder (create, list, delete) and the session of a running mount."""
+
+
+def _with_girder(config: Config, call: Callable[[GirderClient], Awaitable[T]]) -> T:
+    """Run one call of Girder's session API on a client made from the config (its API key)."""
+    from wtfs.girder.client import GirderClient
+
+    api_url = config.girder.api_url
+    if api_url is None:
+        raise ConfigError("girder.api_url: not set (in the config or $WTFS_GIRDER_API_URL)")
+    if config.girder.api_key is None:  # a session belongs to a user: anonymous is always 401
+        raise ConfigError("no Girder API key: set $GIRDER_API_KEY or girder.api_key_file")
+
+    async def run() -> T:
+        girder = GirderClient(
+            api_url,
+            config.girder.api_key,
+            connect_timeout=config.network.connect_timeout,
+            read_timeout=config.network.read_timeout,
+        )
+        try:
+            return await call(girder)
+        finally:
+            await girder.aclose()
+
+    return trio.run(run)
+
+
+@session.command("create")
+@click.argument("file", required=False)
+@click.option("--dataset", "data_set", metavar="JSON", help="The dataSet itself, instead of FILE.")
+@click.option("--json", "as_json", is_flag=True, help="Print the session record, not its id.")
+@click.pass_context
+@guarded
+def session_create(
+    ctx: click.Context, file: str | None, data_set: str | None, as_json: bool
+) -> None:
+    """Create a session in Girder and print its id (`wtfs mount --session-id ID` mounts it).
+
+    FILE is a session file as `wtfs mount` reads it (YAML/JSON `{dataSet: [...]}`); or give
+    `--dataset '[{"itemId": ..., "mountPath": "/data"}]'`. It is checked here first, with the
+    same rules as the server's, which also checks that you can read every object.
+    """
+    from wtfs.girder.sessions import create_session
+    from wtfs.namespace.session import load_session_file, parse_session
+
+    if (file is None) == (data_set is None):
+        raise ConfigError("give a session FILE or --dataset JSON (one of them)")
+    if file is not None:
+        local = load_session_file(file)
+    else:
+        assert data_set is not None
+        try:
+            document = json.loads(data_set)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--dataset: not valid JSON: {exc}") from None
+        local = parse_session(document, session_id="", origin="--dataset")
+    pairs = [(e.item_id, e.mount_path) for e in local.data_set]
+    record = _with_girder(_config(ctx), lambda girder: create_session(girder, pairs))
+    click.echo(json.dumps(record, indent=2) if as_json else record["_id"])
+
+
+@session.command("list")
+@click.option("--all", "every", is_flag=True, help="Every session you may read (admins: all).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@guarded
+def session_list(ctx: click.Context, every: bool, as_json: bool) -> None:
+    """List your sessions in Girder (with --all, every session you may read)."""
+    from wtfs.girder.sessions import list_sessions
+    from wtfs.status.view import render_sessions
+
+    records = _with_girder(_config(ctx), lambda girder: list_sessions(girder, every=every))
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+    else:
+        click.echo(render_sessions(records, show_owner=every))
+
+
+@session.command("delete")
+@click.argument("session_id", metavar="ID")
+@click.pass_context
+@guarded
+def session_delete(ctx: click.Context, session_id: str) -> None:
+    """Delete a session from Girder; the server releases the locks taken under it."""
+    from wtfs.girder.sessions import delete_session
+
+    _with_girder(_config(ctx), lambda girder: delete_session(girder, session_id))
+    click.echo(f"deleted session {session_id}")
 
 
 @session.command("refresh")
@@ -302,23 +478,19 @@ def session() -> None:
 @guarded
 def session_refresh(ctx: click.Context, mountpoint: str, timeout: float) -> None:
     """Re-read the session's dataSet and Girder, updating the tree without unmounting."""
-    import json as json_
-
-    from wtfs_index.index import Index
+    from wtfs_index import Owner
 
     config = _config(ctx)
     path = Path(mountpoint).absolute()
-    index_path = config.private_storage_path / "index.sqlite3"
-    if not index_path.exists():
-        raise ConfigError(f"private_storage_path: no store at {config.private_storage_path}")
-    index = Index(index_path)
+    index = _index(config)
+    me = Owner.current("cli")
 
     def owner() -> tuple[int, int, int]:
-        row = index.live_mount(str(path))
-        if row is None:
+        row = index.live_mount(str(path), me)
+        if row is None or row.pid is None:
             raise ConfigError(f"{path}: no running wtfs mount there (for this store)")
-        stats = json_.loads(row["stats"])
-        return row["pid"], stats.get("refreshes", 0), stats.get("refresh_failures", 0)
+        stats = row.stats
+        return row.pid, stats.get("refreshes", 0), stats.get("refresh_failures", 0)
 
     try:
         pid, refreshes, failures = owner()
@@ -344,35 +516,29 @@ def session_refresh(ctx: click.Context, mountpoint: str, timeout: float) -> None
 @guarded
 def retry(ctx: click.Context, transfer_ids: tuple[int, ...], all_failed: bool) -> None:
     """Re-queue FAILED transfers; a running mount of their session fetches them again."""
-    from wtfs_index.index import Index, TransferStatus
-    from wtfs_index.owner import is_alive
+    from wtfs_index import Owner, TransferStatus
 
     if not transfer_ids and not all_failed:
         raise ConfigError("give TRANSFER_ID... or --failed")
     config = _config(ctx)
-    path = config.private_storage_path / "index.sqlite3"
-    if not path.exists():
-        raise ConfigError(f"private_storage_path: no store at {config.private_storage_path}")
-    index = Index(path)
+    index = _index(config)
     try:
         rows = index.request_retry(transfer_ids, all_failed=all_failed)
-        owners = index.query("SELECT session_id, pid, pid_start FROM owners WHERE kind = 'mount'")
+        owners = index.owners(Owner.current("cli"))
     finally:
         index.close()
-    live = {r["session_id"] for r in owners if is_alive(r["pid"], r["pid_start"])}
-    found = {r["id"] for r in rows}
+    live = {o.session_id for o in owners if o.kind == "mount" and o.alive}
+    found = {r.id for r in rows}
     for missing in sorted(set(transfer_ids) - found):
         click.echo(f"transfer {missing}: no such transfer", err=True)
     for row in rows:
-        if row["status"] != TransferStatus.FAILED:
-            name = TransferStatus(row["status"]).name
-            click.echo(f"transfer {row['id']}: {name}, not FAILED: left as it is")
+        if row.status != TransferStatus.FAILED:
+            name = TransferStatus(row.status).name
+            click.echo(f"transfer {row.id}: {name}, not FAILED: left as it is")
             continue
-        waiting = row["session_id"] not in live
-        note = (
-            f" (no mount of session {row['session_id']} runs: it waits for one)" if waiting else ""
-        )
-        click.echo(f"transfer {row['id']}: {row['path']} re-queued{note}")
+        waiting = row.session_id not in live
+        note = f" (no mount of session {row.session_id} runs: it waits for one)" if waiting else ""
+        click.echo(f"transfer {row.id}: {row.path} re-queued{note}")
     if set(transfer_ids) - found:
         sys.exit(1)
 

@@ -3,6 +3,12 @@
 Every problem is a `ConfigError` whose message names the key, so the CLI can print one line and
 exit 2. Secrets are never read from the command line: the API key comes from `GIRDER_API_KEY`
 or from `girder.api_key_file`, and is wrapped in `Secret` so it cannot leak through a repr.
+
+The dataclasses here are the one place a default is stated. The loader takes a key's default
+from its field; the parts either take their section as it is (the FUSE operations take
+`MountConfig`) or have a settings type of their own whose defaults *are* these fields
+(`RetryPolicy.attempts = NetworkConfig.retry_attempts`), built from the config in one function
+beside it (`provider_settings`, `retry_policy`, `girder_client`, `gc_policy`).
 """
 
 from __future__ import annotations
@@ -14,11 +20,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from wtfs.errors import ConfigError
+
+if TYPE_CHECKING:
+    from wtfs.gc.evictor import GcPolicy
 
 DEFAULT_CONFIG_PATHS = (Path("wtfs.yaml"), Path("~/.config/wtfs/wtfs.yaml"), Path("/etc/wtfs.yaml"))
 
@@ -110,6 +119,10 @@ class MountConfig:
     entry_timeout: float = 300.0  # the tree is read-only: long kernel caching is safe
     attr_timeout: float = 300.0
     read_ahead_kb: int = 1024
+    #: seconds after which an open asks Girder again whether a file has a new version (None:
+    #: never; a file is still checked at its first open when its listing came from the
+    #: metadata cache, and after `wtfs session refresh`)
+    revalidate_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -145,18 +158,35 @@ class Config:
     transfer_history_max_age_days: float = 7.0
     metrics_port: int | None = None
     log_file: Path | None = None
+    #: the store's index: empty for SQLite inside the store (one host); postgresql://... for a
+    #: store several hosts share. May hold a password: never printed (wtfs_index.redact)
+    index_url: str | None = field(default=None, repr=False)
+    #: seconds an owner in another PID namespace or on another host stays alive without a
+    #: heartbeat (every second): after that its locks and claims are reclaimed
+    lease: float = 20.0
+    #: bytes of the store's filesystem kept free for the index and logs; None: 5 % of the
+    #: filesystem, between 1 MiB and 256 MiB
+    disk_reserve: int | None = None
     log_level: str = "INFO"
     mount: MountConfig = field(default_factory=MountConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     providers: ProvidersConfig = field(default_factory=ProvidersConfig)
 
-    @property
-    def gc_start_bytes(self) -> int:
-        return int(self.private_storage_capacity * self.gc_collect_start_fraction)
 
-    @property
-    def gc_end_bytes(self) -> int:
-        return int(self.private_storage_capacity * self.gc_collect_end_fraction)
+def gc_policy(config: Config) -> GcPolicy:
+    """The GC's capacity and water marks, for the daemon's scheduler, `wtfs gc` and `wtfs status`.
+
+    Here rather than in the daemon's wiring so the CLI need not import that to run one pass.
+    config.py sits below the GC, so the GC's module is imported only when this is called.
+    """
+    from wtfs.gc.evictor import GcPolicy
+
+    return GcPolicy(
+        config.private_storage_capacity,
+        config.gc_collect_start_fraction,
+        config.gc_collect_end_fraction,
+        config.disk_reserve,
+    )
 
 
 # Env overrides for the main keys: name → dotted key.
@@ -170,6 +200,8 @@ ENV_OVERRIDES = {
     "WTFS_BLOCK_SIZE": "block_size",
     "WTFS_METRICS_PORT": "metrics_port",
     "WTFS_LOG_FILE": "log_file",
+    "WTFS_INDEX_URL": "index_url",
+    "WTFS_LEASE": "lease",
 }
 
 
@@ -199,13 +231,21 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     return _with_api_key(config, env)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_user_file(path: Path, what: str) -> str:
+    """The text of a file the user named (`what`: "config file", "session file").
+
+    One wording for both: a file that cannot be read is bad input (exit 2), named with its path.
+    """
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"config file {path}: not UTF-8 text") from None
+        raise ConfigError(f"{what} {path}: not UTF-8 text") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    text = read_user_file(path, "config file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -253,7 +293,7 @@ def _section(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 def _number(
     raw: Mapping[str, Any],
     key: str,
-    default: float,
+    default: float | None,
     prefix: str = "",
     *,
     minimum: float | None = None,
@@ -289,6 +329,58 @@ def _bool(raw: Mapping[str, Any], key: str, default: bool, prefix: str = "") -> 
     raise ConfigError(f"{prefix}{key}: expected true or false, got {value!r}")
 
 
+def _default_of(cls: type, name: str) -> Any:
+    """The default the config dataclass `cls` states for field `name`.
+
+    The dataclasses above are the one place a default is written down; the loader reads them
+    from there rather than repeating them (as the parts do, through the class attributes).
+    """
+    for f in fields(cls):
+        if f.name == name:
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            raise AssertionError(f"{cls.__name__}.{name} has no default")
+    raise AssertionError(f"{cls.__name__} has no field {name!r}")
+
+
+class _Keys:
+    """One mapping of the config file, read against its dataclass `cls`.
+
+    Unknown keys are refused, and a key left out takes the default `cls` states, so the loader
+    says only how each key is checked, never what it defaults to. `prefix` names the section in
+    error messages (`mount.`).
+    """
+
+    def __init__(self, raw: Mapping[str, Any], cls: type, prefix: str = "") -> None:
+        _check_keys(raw, cls, prefix)
+        self.raw, self.cls, self.prefix = raw, cls, prefix
+
+    def get(self, key: str) -> Any:
+        """The raw value, or the default when the key is absent."""
+        return self.raw[key] if key in self.raw else _default_of(self.cls, key)
+
+    def number(self, key: str, *, minimum: float | None = None, integer: bool = False) -> Any:
+        """A number; absent or null: the default (which may be None)."""
+        default = _default_of(self.cls, key)
+        return _number(self.raw, key, default, self.prefix, minimum=minimum, integer=integer)
+
+    def flag(self, key: str) -> bool:
+        return _bool(self.raw, key, _default_of(self.cls, key), self.prefix)
+
+    def size(self, key: str) -> int:
+        return parse_size(self.get(key), self.prefix + key)
+
+    def path(self, key: str, base: Path) -> Path:
+        """A path, relative ones taken from `base`; absent: the default."""
+        return _path(self.raw[key], self.prefix + key, base) if key in self.raw else self.get(key)
+
+    def optional_path(self, key: str, base: Path) -> Path | None:
+        """A path that may be left out or empty (then None: the feature's own default)."""
+        return _path(self.raw[key], self.prefix + key, base) if self.raw.get(key) else None
+
+
 def _path(value: object, key: str, base: Path) -> Path:
     if not isinstance(value, str | Path) or str(value) == "":
         raise ConfigError(f"{key}: expected a path, got {value!r}")
@@ -297,32 +389,16 @@ def _path(value: object, key: str, base: Path) -> Path:
 
 
 def _build(raw: Mapping[str, Any], base: Path) -> Config:
-    _check_keys(raw, Config, "")
-    girder_raw = _section(raw, "girder")
-    _check_keys(girder_raw, GirderConfig, "girder.")
-    api_url = girder_raw.get("api_url")
-    if api_url is not None and not (
-        isinstance(api_url, str) and api_url.startswith(("http://", "https://"))
-    ):
-        raise ConfigError(f"girder.api_url: expected an http(s) URL, got {api_url!r}")
-    key_file = girder_raw.get("api_key_file")
-    girder = GirderConfig(
-        api_url=api_url.rstrip("/") if isinstance(api_url, str) else None,
-        api_key_file=_path(key_file, "girder.api_key_file", base) if key_file else None,
-        bulk_listing=_bool(girder_raw, "bulk_listing", GirderConfig.bulk_listing, "girder."),
-    )
-
-    capacity = parse_size(
-        raw.get("private_storage_capacity", Config.private_storage_capacity),
-        "private_storage_capacity",
-    )
+    keys = _Keys(raw, Config)
+    girder = _build_girder(_section(raw, "girder"), base)
+    capacity = keys.size("private_storage_capacity")
     if capacity <= 0:
         raise ConfigError(f"private_storage_capacity: must be positive, got {capacity}")
-    block_size = parse_size(raw.get("block_size", Config.block_size), "block_size")
+    block_size = keys.size("block_size")
     if not 1024**2 <= block_size <= 16 * 1024**2:
         raise ConfigError(f"block_size: must be between 1MiB and 16MiB, got {block_size}")
-    start = _number(raw, "gc_collect_start_fraction", Config.gc_collect_start_fraction)
-    end = _number(raw, "gc_collect_end_fraction", Config.gc_collect_end_fraction)
+    start = keys.number("gc_collect_start_fraction")
+    end = keys.number("gc_collect_end_fraction")
     for key, frac in (("gc_collect_start_fraction", start), ("gc_collect_end_fraction", end)):
         if not 0 < frac <= 1:
             raise ConfigError(f"{key}: must be in (0, 1], got {frac}")
@@ -331,37 +407,34 @@ def _build(raw: Mapping[str, Any], base: Path) -> Config:
             "gc_collect_start_fraction: must not be below gc_collect_end_fraction "
             f"({start} < {end})"
         )
-    metrics_port = raw.get("metrics_port")
-    if metrics_port is not None:
-        metrics_port = _number(raw, "metrics_port", 0, integer=True, minimum=0)
-        if metrics_port > 65535:
-            raise ConfigError(f"metrics_port: must be a TCP port, got {metrics_port}")
-    log_level = str(raw.get("log_level", "INFO")).upper()
+    metrics_port = keys.number("metrics_port", integer=True, minimum=0)
+    if metrics_port is not None and metrics_port > 65535:
+        raise ConfigError(f"metrics_port: must be a TCP port, got {metrics_port}")
+    log_level = str(keys.get("log_level")).upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
 
     return Config(
         girder=girder,
-        private_storage_path=_path(
-            raw.get("private_storage_path", "~/.cache/wtfs"),
-            "private_storage_path",
-            base,
-        ),
+        private_storage_path=keys.path("private_storage_path", base),
         private_storage_capacity=capacity,
-        gc_run_interval=_number(raw, "gc_run_interval", Config.gc_run_interval, minimum=0.05),
+        gc_run_interval=keys.number("gc_run_interval", minimum=0.05),
         gc_collect_start_fraction=start,
         gc_collect_end_fraction=end,
         block_size=block_size,
-        readahead_blocks=_number(raw, "readahead_blocks", 8, integer=True, minimum=0),
-        max_concurrent_transfers=_number(
-            raw, "max_concurrent_transfers", 8, integer=True, minimum=1
+        readahead_blocks=keys.number("readahead_blocks", integer=True, minimum=0),
+        max_concurrent_transfers=keys.number("max_concurrent_transfers", integer=True, minimum=1),
+        transfer_history_max_count=keys.number(
+            "transfer_history_max_count", integer=True, minimum=1
         ),
-        transfer_history_max_count=_number(
-            raw, "transfer_history_max_count", 10_000, integer=True, minimum=1
-        ),
-        transfer_history_max_age_days=_number(raw, "transfer_history_max_age_days", 7.0, minimum=0),
+        transfer_history_max_age_days=keys.number("transfer_history_max_age_days", minimum=0),
         metrics_port=metrics_port,
-        log_file=_path(raw["log_file"], "log_file", base) if raw.get("log_file") else None,
+        log_file=keys.optional_path("log_file", base),
+        index_url=_index_url(keys.get("index_url")),
+        lease=keys.number("lease", minimum=2),
+        disk_reserve=(
+            None if keys.get("disk_reserve") in (None, "auto") else keys.size("disk_reserve")
+        ),
         log_level=log_level,
         mount=_build_mount(_section(raw, "mount")),
         network=_build_network(_section(raw, "network")),
@@ -369,41 +442,63 @@ def _build(raw: Mapping[str, Any], base: Path) -> Config:
     )
 
 
+def _index_url(value: object) -> str | None:
+    if value in (None, ""):
+        return None
+    from urllib.parse import urlsplit
+
+    from wtfs_index import redact
+
+    text = str(value)
+    if urlsplit(text).scheme.lower() not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"index_url: expected postgresql://user@host/database, got {redact(text)!r}"
+        )
+    return text
+
+
+def _build_girder(raw: Mapping[str, Any], base: Path) -> GirderConfig:
+    keys = _Keys(raw, GirderConfig, "girder.")
+    api_url = keys.get("api_url")
+    if api_url is not None and not (
+        isinstance(api_url, str) and api_url.startswith(("http://", "https://"))
+    ):
+        raise ConfigError(f"girder.api_url: expected an http(s) URL, got {api_url!r}")
+    return GirderConfig(
+        api_url=api_url.rstrip("/") if isinstance(api_url, str) else None,
+        api_key_file=keys.optional_path("api_key_file", base),
+        bulk_listing=keys.flag("bulk_listing"),
+    )
+
+
 def _build_mount(raw: Mapping[str, Any]) -> MountConfig:
-    _check_keys(raw, MountConfig, "mount.")
-    p = "mount."
-    uid = (
-        _number(raw, "uid", -1, p, integer=True, minimum=0) if raw.get("uid") is not None else None
-    )
-    gid = (
-        _number(raw, "gid", -1, p, integer=True, minimum=0) if raw.get("gid") is not None else None
-    )
-    umask = _number(raw, "umask", 0o022, p, integer=True, minimum=0)
+    keys = _Keys(raw, MountConfig, "mount.")
+    umask = keys.number("umask", integer=True, minimum=0)
     if umask > 0o777:
         raise ConfigError(
             f"mount.umask: expected an octal mode such as 0o022, got {raw['umask']!r}"
         )
     return MountConfig(
-        allow_other=_bool(raw, "allow_other", False, p),
-        uid=uid,
-        gid=gid,
+        allow_other=keys.flag("allow_other"),
+        uid=keys.number("uid", integer=True, minimum=0),
+        gid=keys.number("gid", integer=True, minimum=0),
         umask=umask,
-        entry_timeout=_number(raw, "entry_timeout", 300.0, p, minimum=0),
-        attr_timeout=_number(raw, "attr_timeout", 300.0, p, minimum=0),
-        read_ahead_kb=_number(raw, "read_ahead_kb", 1024, p, integer=True, minimum=0),
+        entry_timeout=keys.number("entry_timeout", minimum=0),
+        attr_timeout=keys.number("attr_timeout", minimum=0),
+        read_ahead_kb=keys.number("read_ahead_kb", integer=True, minimum=0),
+        revalidate_after=keys.number("revalidate_after", minimum=0),
     )
 
 
 def _build_network(raw: Mapping[str, Any]) -> NetworkConfig:
-    _check_keys(raw, NetworkConfig, "network.")
-    p = "network."
+    keys = _Keys(raw, NetworkConfig, "network.")
     return NetworkConfig(
-        connect_timeout=_number(raw, "connect_timeout", 10.0, p, minimum=0.01),
-        read_timeout=_number(raw, "read_timeout", 30.0, p, minimum=0.01),
-        retry_attempts=_number(raw, "retry_attempts", 6, p, integer=True, minimum=1),
-        retry_base_delay=_number(raw, "retry_base_delay", 0.2, p, minimum=0),
-        retry_max_delay=_number(raw, "retry_max_delay", 10.0, p, minimum=0),
-        read_deadline=_number(raw, "read_deadline", 120.0, p, minimum=0.1),
+        connect_timeout=keys.number("connect_timeout", minimum=0.01),
+        read_timeout=keys.number("read_timeout", minimum=0.01),
+        retry_attempts=keys.number("retry_attempts", integer=True, minimum=1),
+        retry_base_delay=keys.number("retry_base_delay", minimum=0),
+        retry_max_delay=keys.number("retry_max_delay", minimum=0),
+        read_deadline=keys.number("read_deadline", minimum=0.1),
     )
 
 

@@ -1,12 +1,16 @@
 """`wtfs demo`: a local Girder with sample data, mounted, read, verified against Girder, shown.
 
-Needs the dev Girder (`pip install ./devgirder` from a wtfs clone, or `bash scripts/demo`): the
-local Girder is not part of the runtime.
+The session is created in Girder (`wtfs session create`, the wtfs server plugin's
+`POST /dm/session`) and mounted by its id, the way a tale's data reaches a container.
+
+Needs the dev Girder and the wtfs Girder plugin it loads (`pip install ./devgirder
+./girder-plugin-wtfs` from a wtfs clone, or `bash scripts/demo`): neither is part of the runtime.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -55,6 +59,11 @@ def run_demo(workdir: Path | None, *, keep: bool = False) -> None:
             "the demo needs the local dev Girder: pip install ./devgirder from a wtfs clone, "
             f"or run bash scripts/demo ({exc.name} missing)"
         ) from None
+    if importlib.util.find_spec("girder_plugin_wtfs") is None:  # the session API is the plugin's
+        raise ConfigError(
+            "the demo needs the wtfs Girder plugin beside the dev Girder: "
+            "pip install ./girder-plugin-wtfs from a wtfs clone, or run bash scripts/demo"
+        )
     console = Console()
     started = time.monotonic()
     workdir = Path(workdir or tempfile.mkdtemp(prefix="wtfs-demo-")).absolute()
@@ -74,24 +83,15 @@ def run_demo(workdir: Path | None, *, keep: bool = False) -> None:
         console.print(f"config: {config_path}\nsession: {session_path}")
         console.print(session_path.read_text())
 
-        console.rule("[bold]2. wtfs mount")
+        console.rule("[bold]2. wtfs session create, wtfs mount --session-id")
         mountpoint.mkdir(exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k != "GIRDER_API_KEY"}
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "wtfs",
-                "-c",
-                str(config_path),
-                "mount",
-                str(session_path),
-                str(mountpoint),
-            ],
-            env,
-        )
+        wtfs = [sys.executable, "-m", "wtfs", "-c", str(config_path)]
+        session_id = _run([*wtfs, "session", "create", str(session_path)], env).strip()
+        console.print(f"created session {session_id} in Girder (POST /dm/session)")
+        _run([*wtfs, "mount", "--session-id", session_id, str(mountpoint)], env)
         mounted = True
-        console.print(f"mounted at {mountpoint}")
+        console.print(f"mounted session {session_id} at {mountpoint}")
         _run(["ls", "-lR", str(mountpoint / "data")], env, show=True, limit=40)
 
         console.rule("[bold]3. read files and check their sha256 against Girder")
@@ -159,13 +159,15 @@ def _write_files(workdir: Path, api_url: str, key_file: Path, sample: Any) -> tu
     return config_path, session_path
 
 
-def _run(argv: list[str], env: dict[str, str], *, show: bool = False, limit: int = 0) -> None:
+def _run(argv: list[str], env: dict[str, str], *, show: bool = False, limit: int = 0) -> str:
+    """Run ``argv``; its stdout (also printed, cut to ``limit`` lines, with ``show``)."""
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         raise WtfsError(f"{argv[0]} failed: {result.stderr.strip()}")
     if show:
         lines = result.stdout.splitlines()
         print("\n".join(lines[:limit] if limit else lines))
+    return result.stdout
 
 
 def _wait_unmounted(mountpoint: Path, timeout: float = 10) -> None:

@@ -5,16 +5,18 @@ The real-server behaviour (Range honoured or not, resets, stalls) is in test_htt
 
 from __future__ import annotations
 
+import email.utils
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 import trio
 
-from tests.support.sinks import MemorySink
+from tests.support.sinks import Body, MemorySink
 from wtfs.errors import (
     AccessDenied,
     NotFound,
@@ -34,22 +36,6 @@ SOURCE = Source(URL, size=len(BLOB), label="file.bin")
 FAST = RetryPolicy(attempts=6, base_delay=0.001, max_delay=0.01, deadline=30)
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
-
-
-class Body(httpx.AsyncByteStream):
-    """A response body that arrives in 8 KiB pieces and may break after `fail_at` bytes."""
-
-    def __init__(
-        self, data: bytes, fail_at: int | None = None, exc: type[Exception] = httpx.ReadError
-    ):
-        self.data, self.fail_at, self.exc = data, fail_at, exc
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for i in range(0, len(self.data), 8192):
-            if self.fail_at is not None and i >= self.fail_at:
-                raise self.exc("connection reset by peer")
-            await trio.lowlevel.checkpoint()
-            yield self.data[i : i + 8192]
 
 
 def ranged(
@@ -141,7 +127,7 @@ async def test_416_is_a_size_mismatch_naming_the_real_size() -> None:
 
 
 async def test_server_errors_are_retried_until_success_with_correct_bytes() -> None:
-    p, rec = provider(script(status(500), status(502), status(503), ok))
+    p, rec = provider(script(status(500), status(502), status(408), ok))
     sink = MemorySink(1000)
     attempts: list[tuple[int, WtfsError, float]] = []
     await fetch_with_retry(
@@ -244,6 +230,36 @@ async def test_429_retry_after_is_honoured(autojump_clock: trio.abc.Clock) -> No
     assert delays == [3.0]
     assert trio.current_time() - began >= 3.0
     assert sink.data == BLOB[:1000]
+
+
+async def test_retry_after_may_be_an_http_date(autojump_clock: trio.abc.Clock) -> None:
+    when = email.utils.formatdate(time.time() + 3600, usegmt=True)
+    p, _ = provider(script(status(503, {"Retry-After": when}), ok))
+    delays: list[float] = []
+    policy = RetryPolicy(attempts=3, max_delay=7, deadline=60)
+    await fetch_with_retry(
+        p, SOURCE, 0, 10, MemorySink(0), policy, on_retry=lambda _n, _e, d: delays.append(d)
+    )
+    assert delays == [7.0]  # an hour from now, capped: not the 0.2 s backoff of no hint
+
+
+async def test_content_range_is_read_case_insensitively_and_strictly() -> None:
+    async def shouting(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            206, headers={"Content-Range": f"  BYTES 0-9/{len(BLOB)} "}, content=BLOB[:10]
+        )
+
+    p, _ = provider(shouting)
+    sink = MemorySink(0)
+    await p.fetch(SOURCE, 0, 10, sink)
+    assert sink.data == BLOB[:10]
+
+    async def impossible(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(206, headers={"Content-Range": "bytes 0-9/5"}, content=BLOB[:10])
+
+    p, _ = provider(impossible)
+    with pytest.raises(TransferFailed, match="unusable Content-Range"):
+        await p.fetch(Source(URL), 0, 10, MemorySink(0))
 
 
 async def test_retry_after_is_capped_by_max_delay(autojump_clock: trio.abc.Clock) -> None:

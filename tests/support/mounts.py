@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from wtfs.daemon.ready import ReadyPipe
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +32,10 @@ class Mount:
     env: dict[str, str] = field(repr=False)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """The daemon's log, and what it wrote to stderr (an exception that escaped its loop)."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        stderr = Path(f"{self.log_path}.stderr")
+        return text + (stderr.read_text(errors="replace") if stderr.exists() else "")
 
     def wtfs(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run_wtfs(["-c", str(self.config_path), *args], self.env, check=check)
@@ -83,8 +87,15 @@ def write_config(path: Path, settings: dict[str, Any]) -> Path:
     return path
 
 
-def write_session(path: Path, data_set: list[dict[str, str]]) -> Path:
-    path.write_text(json.dumps({"dataSet": data_set}))
+def write_session(
+    path: Path, data_set: list[dict[str, str]], session_id: str | None = None
+) -> Path:
+    """A session file; with `session_id` (a Girder session's `_id`, as `GET /dm/session/{id}`
+    answers it) the mount's locks and transfers are taken under that id, not the file's name."""
+    record: dict[str, Any] = {"dataSet": data_set}
+    if session_id is not None:
+        record["_id"] = session_id
+    path.write_text(json.dumps(record))
     return path
 
 
@@ -96,10 +107,13 @@ def start_mount(
     env: dict[str, str] | None = None,
     mountpoint: Path | None = None,
     timeout: float = 60,
+    session_id: str | None = None,
 ) -> Mount:
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = write_config(workdir / f"wtfs-{time.monotonic_ns()}.yaml", config)
-    session_path = write_session(workdir / f"session-{time.monotonic_ns()}.json", data_set)
+    session_path = write_session(
+        workdir / f"session-{time.monotonic_ns()}.json", data_set, session_id
+    )
     mountpoint = mountpoint or workdir / "mnt"
     mountpoint.mkdir(exist_ok=True)
     log_path = workdir / f"daemon-{time.monotonic_ns()}.log"
@@ -107,23 +121,21 @@ def start_mount(
     extra, env = env or {}, dict(os.environ)
     env.pop("GIRDER_API_KEY", None)  # tests give the key by file unless they say otherwise
     env.update(extra)
-    # The daemon says "OK" (or "ERR ...") on this pipe once mounted: the same protocol as the
-    # background mode. (os.path.ismount is no readiness test: it is True on a dead endpoint.)
-    ready_read, ready_write = os.pipe()
+    # The daemon answers on this pipe once mounted (wtfs.daemon.ready, as the background mode
+    # does). os.path.ismount is no readiness test: it is True on a dead endpoint.
+    pipe = ReadyPipe()
+    stderr = open(f"{log_path}.stderr", "wb")  # noqa: SIM115 - the child keeps it
     process = subprocess.Popen(
         [sys.executable, "-m", "wtfs", "-c", str(config_path), "-v", "mount", "--foreground",
-         "--ready-fd", str(ready_write), str(session_path), str(mountpoint)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
-        pass_fds=(ready_write,),
+         "--ready-fd", str(pipe.fd), str(session_path), str(mountpoint)],
+        stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=ROOT, pass_fds=(pipe.fd,),
     )  # fmt: skip
-    os.close(ready_write)
+    stderr.close()
     mount = Mount(mountpoint, config_path, session_path, log_path, process, env)
-    with os.fdopen(ready_read, "rb") as pipe:
-        readable, _, _ = select.select([pipe], [], [], timeout)
-        message = pipe.readline().decode().strip() if readable else ""
-    if message != "OK":
+    answer = pipe.wait(timeout)
+    if not answer.ready:
         mount.stop()
-        raise AssertionError(f"wtfs mount not ready ({message or 'timeout'}):\n{mount.log()}")
+        raise AssertionError(f"wtfs mount not ready ({answer}):\n{mount.log()}")
     return mount
 
 

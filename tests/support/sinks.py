@@ -1,8 +1,12 @@
-"""In-memory sinks for provider tests."""
+"""In-memory sinks for provider tests, and the streamed bodies mocked servers answer with."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
+
+import httpx
+import trio
 
 
 class MemorySink:
@@ -35,3 +39,19 @@ class MemorySink:
 
     def sha256(self) -> str:
         return hashlib.sha256(self.buffer).hexdigest()
+
+
+class Body(httpx.AsyncByteStream):
+    """A response body that arrives in 8 KiB pieces and may break after `fail_at` bytes."""
+
+    def __init__(
+        self, data: bytes, fail_at: int | None = None, exc: type[Exception] = httpx.ReadError
+    ):
+        self.data, self.fail_at, self.exc = data, fail_at, exc
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for i in range(0, len(self.data), 8192):
+            if self.fail_at is not None and i >= self.fail_at:
+                raise self.exc("connection reset by peer")
+            await trio.lowlevel.checkpoint()
+            yield self.data[i : i + 8192]

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from wtfs import config as config_module
-from wtfs.config import Config, Secret, load_config, parse_size
+from wtfs.config import Config, Secret, gc_policy, load_config, parse_size
 from wtfs.errors import ConfigError
+from wtfs.providers.base import ProviderSettings, provider_settings
+from wtfs.providers.retry import RetryPolicy, retry_policy
 
 
 def write(tmp_path: Path, text: str, name: str = "wtfs.yaml") -> Path:
@@ -65,10 +67,30 @@ def test_an_empty_file_gives_the_documented_defaults(tmp_path: Path) -> None:
     assert config.gc_collect_start_fraction == 0.9
     assert config.gc_collect_end_fraction == 0.5
     assert config.block_size == 4 * 1024**2
-    assert config.gc_start_bytes == int(10 * 1024**3 * 0.9)
-    assert config.gc_end_bytes == int(10 * 1024**3 * 0.5)
+    marks = gc_policy(config)
+    assert (marks.start_bytes, marks.end_bytes) == (int(10 * 1024**3 * 0.9), 10 * 1024**3 // 2)
     assert config.girder.api_key is None
     assert config.log_level == "INFO"
+
+
+def test_the_loader_and_the_parts_take_their_defaults_from_the_dataclasses(
+    tmp_path: Path,
+) -> None:
+    # Every default is stated once, on the config dataclasses: an empty file is Config(), and
+    # the parts' own settings types default to what a default Config builds for them.
+    config = load(tmp_path, "mount: {}\nnetwork: {}\ngirder: {}\n")
+    assert config == Config()
+    assert retry_policy(config) == RetryPolicy()
+    assert provider_settings(config) == ProviderSettings()
+
+
+def test_the_example_config_states_the_defaults_there_are() -> None:
+    # config/wtfs.example.yaml documents every key with its default (but for girder's URL and
+    # key file, which are examples): it must say what the dataclasses say.
+    example = Path(__file__).resolve().parents[2] / "config" / "wtfs.example.yaml"
+    config = load_config(example, env={"GIRDER_API_KEY": "not read from the example's file"})
+    assert config.girder.bulk_listing == Config().girder.bulk_listing
+    assert dataclasses.replace(config, girder=Config().girder) == Config()
 
 
 def test_no_config_file_anywhere_gives_defaults(
@@ -286,6 +308,9 @@ BAD_VALUES = [
     ("mount:\n  uid: -1\n", "mount.uid"),
     ("mount:\n  gid: root\n", "mount.gid"),
     ("mount:\n  nope: 1\n", "mount.nope"),
+    ("mount:\n  revalidate_after: -1\n", "mount.revalidate_after"),
+    ("mount:\n  revalidate_after: soon\n", "mount.revalidate_after"),
+    ("disk_reserve: lots\n", "disk_reserve"),
     ("mount: [1, 2]\n", "mount"),
     ("network:\n  connect_timeout: 0\n", "network.connect_timeout"),
     ("network:\n  retry_attempts: 0\n", "network.retry_attempts"),
@@ -343,3 +368,12 @@ def test_wtfs_config_env_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "private_storage_capacity: 5MiB\n", name="elsewhere.yaml")
     config = load_config(None, env={"WTFS_CONFIG": str(path)})
     assert config.private_storage_capacity == 5 * 1024**2
+
+
+def test_revalidation_is_off_unless_asked_and_disk_reserve_is_auto_unless_given(
+    tmp_path: Path,
+) -> None:
+    assert load(tmp_path, "{}\n").mount.revalidate_after is None
+    assert load(tmp_path, "mount:\n  revalidate_after: 0\n").mount.revalidate_after == 0
+    assert load(tmp_path, "disk_reserve: auto\n").disk_reserve is None
+    assert load(tmp_path, "disk_reserve: 64MiB\n").disk_reserve == 64 * 1024**2

@@ -1,6 +1,6 @@
 """GirderClient's bulk listing contract, against `httpx.MockTransport` (no sockets).
 
-The real server side (wtfs.girder_plugin in the dev Girder, the same tree either way) is in
+The real server side (girder_plugin_wtfs in the dev Girder, the same tree either way) is in
 tests/mount/test_mount.py.
 """
 

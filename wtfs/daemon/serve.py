@@ -12,35 +12,39 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
 import trio
-from prometheus_client import CollectorRegistry
-from wtfs_index.owner import Owner
+from wtfs_index import Index, IndexDamaged, IndexFailure, Owner
+from wtfs_index.sqlite import refuse_shared_filesystem
 
 from wtfs.cache.aindex import AsyncIndex
 from wtfs.cache.manager import CacheManager, CacheSettings
+from wtfs.cache.memory import tame_malloc
+from wtfs.cache.space import capacity_warning, measure
 from wtfs.cache.stats import Stats
 from wtfs.cache.store import Store
-from wtfs.config import Config
+from wtfs.config import Config, gc_policy
 from wtfs.daemon.ticker import Ticker
-from wtfs.errors import ConfigError, WtfsError
-from wtfs.fuse.operations import Operations, Presentation
-from wtfs.gc.evictor import GcPolicy
+from wtfs.errors import ConfigError, WtfsError, from_index
+from wtfs.fuse.operations import Operations
 from wtfs.gc.scheduler import GcScheduler
-from wtfs.girder.client import GirderClient
+from wtfs.girder.client import GirderClient, girder_client
+from wtfs.girder.metacache import FAILURES as METACACHE_FAILURES
 from wtfs.girder.metacache import MetadataCache
 from wtfs.namespace.session import Session, fetch_session, load_session_file
 from wtfs.namespace.tree import Tree
-from wtfs.providers.base import ProviderSettings
+from wtfs.providers.base import provider_settings
 from wtfs.providers.registry import ProviderRegistry
-from wtfs.providers.retry import RetryPolicy
-from wtfs.status.metrics import WtfsCollector, serve_metrics
 
 log = logging.getLogger(__name__)
+
+
+#: how the daemon says it is up (error None, with warnings for its user) or why it never will be
+Ready = Callable[[WtfsError | None, Sequence[str]], None]
 
 
 @dataclass(frozen=True)
@@ -48,46 +52,29 @@ class MountRequest:
     mountpoint: Path
     session_file: Path | None = None
     session_id: str | None = None
+    noexec: bool = False  # `mount -o noexec` (also implied by fstab's `user`)
 
 
-def make_girder(config: Config) -> GirderClient | None:
-    if config.girder.api_url is None:
-        return None
-    return GirderClient(
-        config.girder.api_url,
-        config.girder.api_key,
-        connect_timeout=config.network.connect_timeout,
-        read_timeout=config.network.read_timeout,
-        bulk_listing=config.girder.bulk_listing,
-    )
+def open_store_index(store: Store, config: Config) -> Index:
+    """Prepare the store and open its index, or fail with one line saying what to do.
 
-
-def provider_settings(config: Config) -> ProviderSettings:
-    return ProviderSettings(
-        connect_timeout=config.network.connect_timeout,
-        read_timeout=config.network.read_timeout,
-        allowed_local_roots=tuple(str(p) for p in config.providers.allowed_local_roots),
-        http_headers=config.providers.http_headers,
-        options=config.providers.options,
-    )
-
-
-def retry_policy(config: Config) -> RetryPolicy:
-    net = config.network
-    return RetryPolicy(
-        attempts=net.retry_attempts,
-        base_delay=net.retry_base_delay,
-        max_delay=net.retry_max_delay,
-        deadline=net.read_deadline,
-    )
-
-
-def gc_policy(config: Config) -> GcPolicy:
-    return GcPolicy(
-        config.private_storage_capacity,
-        config.gc_collect_start_fraction,
-        config.gc_collect_end_fraction,
-    )
+    SQLite on a network or FUSE filesystem is refused before anything is written.
+    """
+    if store.index_url is None:
+        existing = store.root
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        try:
+            refuse_shared_filesystem(existing)
+        except IndexFailure as exc:
+            raise from_index(exc) from None
+    store.prepare()
+    try:
+        return store.open_index(lease=config.lease)
+    except IndexDamaged as exc:
+        raise ConfigError(exc.cause) from None
+    except IndexFailure as exc:
+        raise from_index(exc) from None
 
 
 def mount_entry(mountpoint: Path) -> tuple[str, str] | None:
@@ -158,29 +145,29 @@ async def load_session(request: MountRequest, girder: GirderClient | None) -> Se
     return await fetch_session(girder, request.session_id)
 
 
-async def serve(
-    config: Config, request: MountRequest, ready: Callable[[WtfsError | None], None]
-) -> None:
+async def serve(config: Config, request: MountRequest, ready: Ready) -> None:
     """Mount and serve until unmounted or signalled. Calls `ready` once, with None or the error."""
+    tame_malloc()
     mountpoint = request.mountpoint.resolve()
-    store = Store(config.private_storage_path)
+    store = Store(config.private_storage_path, config.index_url)
     girder: GirderClient | None = None
     try:
-        girder = make_girder(config)
+        girder = girder_client(config)
         session = await load_session(request, girder)
         tree = Tree(girder)
+        tree.check_deadline = config.network.read_deadline
         try:
             await tree.populate(session)
         except WtfsError as exc:
             raise ConfigError(f"session {session.session_id}: {exc.cause}") from None
         check_mountpoint(mountpoint)
-        store.prepare()  # last: a refused mount writes nothing
+        index = open_store_index(store, config)  # last: a refused mount writes nothing
     except WtfsError as exc:
         if girder is not None:
             await girder.aclose()
-        ready(exc)
+        ready(exc, ())
         return
-    await _serve_mounted(config, request, session, tree, store, girder, mountpoint, ready)
+    await _serve_mounted(config, request, session, tree, store, index, girder, mountpoint, ready)
 
 
 async def _serve_mounted(
@@ -189,65 +176,65 @@ async def _serve_mounted(
     session: Session,
     tree: Tree,
     store: Store,
+    index: Index,
     girder: GirderClient | None,
     mountpoint: Path,
-    ready: Callable[[WtfsError | None], None],
+    ready: Ready,
 ) -> None:
-    index = store.open_index()
-    tree.metacache = MetadataCache(store.root / "metadata")
+    try:
+        tree.metacache = MetadataCache(store.root / "metadata")
+    except METACACHE_FAILURES as exc:
+        log.warning("metadata cache unusable, listing without it: %s", exc)
     owner = Owner.current("mount")
-    store.recover(index)
-    index.register_owner(
-        owner,
-        "mount",
-        mountpoint=str(mountpoint),
-        session_id=session.session_id,
-        session_origin=session.origin,
-    )
+    try:
+        warnings = _start_store(config, store, index, owner, session, mountpoint)
+    except IndexFailure as exc:  # an index that opened but cannot be read or written
+        index.close()
+        if tree.metacache is not None:
+            tree.metacache.close()
+        if girder is not None:
+            await girder.aclose()
+        ready(ConfigError(exc.cause) if isinstance(exc, IndexDamaged) else from_index(exc), ())
+        return
+    registration: dict[str, str | None] = {
+        "kind": "mount",
+        "mountpoint": str(mountpoint),
+        "session_origin": session.origin,
+    }
     stats = Stats()
     providers = ProviderRegistry(provider_settings(config), girder)
+    async_index = AsyncIndex(index)
     gc = GcScheduler(
-        AsyncIndex(index),
+        async_index,
         store,
         gc_policy(config),
-        owner.owner_id,
+        owner,
         config.gc_run_interval,
         stats,
         (config.transfer_history_max_count, config.transfer_history_max_age_days),
     )
     manager = CacheManager(
         store,
-        index,
+        async_index,
         owner,
         providers,
-        CacheSettings(
-            config.private_storage_capacity,
-            config.block_size,
-            config.readahead_blocks,
-            config.max_concurrent_transfers,
-            config.network.read_deadline,
-            retry_policy(config),
-        ),
+        CacheSettings.from_config(config),
         session_id=session.session_id,
         mountpoint=str(mountpoint),
         make_room=gc.make_room,
         stats=stats,
-    )
-    look = Presentation(
-        uid=config.mount.uid if config.mount.uid is not None else os.getuid(),
-        gid=config.mount.gid if config.mount.gid is not None else os.getgid(),
-        umask=config.mount.umask,
-        entry_timeout=config.mount.entry_timeout,
-        attr_timeout=config.mount.attr_timeout,
+        registration=registration,
     )
     options = set(pyfuse3.default_options) | {"fsname=wtfs", "subtype=wtfs", "ro"}
     if config.mount.allow_other:
         options.add("allow_other")
+    if request.noexec:
+        options.add("noexec")
     try:
-        pyfuse3.init(Operations(tree, manager, look), str(mountpoint), options)
+        pyfuse3.init(Operations(tree, manager, config.mount), str(mountpoint), options)
     except RuntimeError as exc:
         index.unregister_owner(owner.owner_id)
-        ready(ConfigError(f"mountpoint {mountpoint}: mount failed: {exc}"))
+        ready(ConfigError(f"mountpoint {mountpoint}: mount failed: {exc}"), ())
         return
     log.info("mounted session %s at %s", session.session_id, mountpoint)
     unmount = True
@@ -259,35 +246,61 @@ async def _serve_mounted(
             nursery.start_soon(_on_signals, refresher)
             await nursery.start(Ticker(manager, tree).run)
             if config.metrics_port is not None:
+                # Only here: prometheus_client costs the daemon ~4 MiB it needs for nothing else.
+                from wtfs.status.metrics import WtfsCollector, registry_of, serve_metrics
+
                 collector = WtfsCollector(stats, index, config.private_storage_capacity,
                                           str(mountpoint))  # fmt: skip
                 await nursery.start(serve_metrics, config.metrics_port,
-                                    functools.partial(_registry, collector))  # fmt: skip
+                                    functools.partial(registry_of, collector))  # fmt: skip
             nursery.start_soon(
                 trio.to_thread.run_sync, set_read_ahead, mountpoint, config.mount.read_ahead_kb
             )
-            ready(None)
+            ready(None, warnings)
             await pyfuse3.main()
             # main() returns after an external `fusermount3 -u` too: then there is nothing to undo.
-            unmount = await trio.to_thread.run_sync(os.path.ismount, mountpoint)
+            # (mountinfo, not os.path.ismount: a stat of the mountpoint would wait for an answer
+            # from this very daemon, which no longer serves.)
+            unmount = mount_entry(mountpoint) is not None
             nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             pyfuse3.close(unmount=unmount)
-            await manager.flush()
-            index.unregister_owner(owner.owner_id)
+            # The index may be what failed (unreachable, full, damaged under us): the rest of
+            # the cleanup goes on, and its rows are reclaimed by whoever comes next.
+            try:
+                await manager.flush()
+                index.unregister_owner(owner.owner_id)
+            except (WtfsError, IndexFailure) as exc:
+                log.warning("the index could not record the unmount: %s", exc)
             await providers.aclose()
             if girder is not None:
                 await girder.aclose()
             index.close()
-            tree.metacache.close()
+            if tree.metacache is not None:
+                tree.metacache.close()
         log.info("unmounted %s", mountpoint)
 
 
-def _registry(collector: WtfsCollector) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    registry.register(collector)
-    return registry
+def _start_store(
+    config: Config, store: Store, index: Index, owner: Owner, session: Session, mountpoint: Path
+) -> list[str]:
+    """Recover the store, register this mount in its index; the warnings for the user."""
+    store.recover(index, owner)
+    warnings = []
+    capacity = measure(store, config.private_storage_capacity, config.disk_reserve,
+                       index.summary())  # fmt: skip
+    if capacity.limited:
+        warnings.append(capacity_warning(capacity, store))
+        log.warning("%s", warnings[-1])
+    index.register_owner(
+        owner,
+        "mount",
+        mountpoint=str(mountpoint),
+        session_id=session.session_id,
+        session_origin=session.origin,
+    )
+    return warnings
 
 
 class Refresher:
@@ -318,14 +331,36 @@ class Refresher:
             await self.manager.flush()
 
 
+def log_tasks() -> None:
+    """Log every task of the daemon and where it waits (SIGUSR1): what a stuck read waits for,
+    without a debugger."""
+    lines = []
+
+    def walk(task: trio.lowlevel.Task, depth: int) -> None:
+        frames = [f"{f.f_code.co_name}:{lineno}" for f, lineno in task.iter_await_frames()]
+        lines.append(f"{'  ' * depth}{task.name}: {' > '.join(frames[-6:])}")
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child, depth + 1)
+
+    root = trio.lowlevel.current_root_task()
+    if root is not None:
+        walk(root, 0)
+    log.warning("tasks (SIGUSR1):\n%s", "\n".join(lines))
+
+
 async def _on_signals(refresher: Refresher) -> None:
-    """SIGTERM/SIGINT unmount; SIGHUP refreshes the session (`wtfs session refresh`)."""
-    wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    """SIGTERM/SIGINT unmount; SIGHUP refreshes the session (`wtfs session refresh`); SIGUSR1
+    logs every task and where it waits."""
+    wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(*wanted) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     nursery.start_soon(refresher.refresh)
+                    continue
+                if signum == signal.SIGUSR1:
+                    log_tasks()
                     continue
                 log.info("received %s: unmounting", signal.Signals(signum).name)
                 refresher.manager.shutdown()

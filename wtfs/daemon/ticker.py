@@ -1,4 +1,4 @@
-"""The daemon's periodic tick (seed 004's clock): move transfer work on.
+"""The daemon's periodic tick (every 2 s): move transfer work on.
 
 Every `interval` seconds it takes the transfers of this mount's session that `wtfs retry`
 re-queued and runs them again, each in its own record, and reclaims what dead processes left
@@ -11,10 +11,10 @@ import logging
 import time
 
 import trio
-from wtfs_index.index import TransferStatus
+from wtfs_index import TransferStatus
 
 from wtfs.cache.manager import CacheManager
-from wtfs.fuse.operations import file_ref
+from wtfs.errors import WtfsError
 from wtfs.namespace.tree import FileNode, Tree
 
 log = logging.getLogger(__name__)
@@ -32,33 +32,35 @@ class Ticker:
             while True:
                 try:
                     await self.tick(nursery)
+                except WtfsError as exc:  # the index is unreachable or full: next tick
+                    log.warning("transfer tick failed: %s", exc.cause)
                 except Exception:
                     log.exception("transfer tick failed")
                 await trio.sleep(self.interval)
 
     async def tick(self, nursery: trio.Nursery) -> None:
         index = self.manager.index
-        await index.run(index.sync.reclaim_dead)
+        await index.run(index.sync.reclaim_dead, self.manager.owner)
         rows = await index.run(
             index.sync.claim_retries, self.manager.owner.owner_id, self.manager.session_id
         )
         for row in rows:
-            node = await self.tree.find(row["path"])
+            node = await self.tree.find(row.path)
             if not isinstance(node, FileNode):
                 await index.run(
                     index.sync.transfer_update,
-                    row["id"],
+                    row.id,
                     status=int(TransferStatus.FAILED),
                     end_time=time.time(),
-                    error=f"{row['path']} is no longer in the session",
+                    error=f"{row.path} is no longer in the session",
                 )
                 continue
-            start, end = row["start_offset"], row["start_offset"] + row["size"]
-            log.info("retrying transfer %d: %s [%d, %d)", row["id"], row["path"], start, end)
-            nursery.start_soon(self._refetch, node, row["id"], start, max(end, start + 1))
+            start, end = row.start_offset, row.start_offset + row.size
+            log.info("retrying transfer %d: %s [%d, %d)", row.id, row.path, start, end)
+            nursery.start_soon(self._refetch, node, row.id, start, max(end, start + 1))
 
     async def _refetch(self, node: FileNode, transfer_id: int, start: int, end: int) -> None:
         try:
-            await self.manager.refetch(file_ref(node), transfer_id, start, min(end, node.size))
+            await self.manager.refetch(node.ref(), transfer_id, start, min(end, node.size))
         except Exception as exc:  # the transfer record carries the cause
             log.warning("retry of transfer %d failed: %s", transfer_id, exc)

@@ -1,4 +1,4 @@
-"""Sessions: a dataSet of {itemId, mountPath}, from a YAML/JSON file or a Girder DM server."""
+"""Sessions: a dataSet of {itemId, mountPath}, from a YAML/JSON file or Girder's /dm/session."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from typing import Any
 
 import yaml
 
+from wtfs.config import read_user_file
 from wtfs.errors import ConfigError, NotFound, WtfsError
 from wtfs.girder.client import GirderClient
+from wtfs.girder.sessions import no_plugin
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ def parse_session(data: Any, *, session_id: str, origin: str) -> Session:
         parts = mount_path.split("/")
         if any(p in (".", "..") for p in parts) or "\0" in mount_path:
             raise ConfigError(f"{where}: mountPath {mount_path!r} must not contain '.' or '..'")
+        if not _is_unicode(mount_path):  # JSON may spell a lone surrogate ("\ud800")
+            raise ConfigError(f"{where}: mountPath {mount_path!r} is not valid Unicode")
         # normpath keeps a leading "//" (POSIX allows it): collapse it, or "//a" ≠ "/a".
         normal = "/" + posixpath.normpath(mount_path).lstrip("/")
         if normal == "/":
@@ -65,29 +69,37 @@ def parse_session(data: Any, *, session_id: str, origin: str) -> Session:
         entries.append(DataSetEntry(item_id.strip(), normal))
     if not entries:
         raise ConfigError(f"session {origin}: dataSet is empty")
-    seen: dict[str, DataSetEntry] = {}
-    for entry in entries:
-        if entry.mount_path in seen:
-            raise ConfigError(f"session {origin}: duplicate mountPath {entry.mount_path!r}")
-        seen[entry.mount_path] = entry
-    for entry in entries:
-        for other in entries:
-            if other is not entry and entry.mount_path.startswith(other.mount_path + "/"):
+    # The same rules, in the same order and words, as the server plugin's check_data_set
+    # (girder-plugin-wtfs/girder_plugin_wtfs/dataset.py): tests/support/datasets.py tests both.
+    first: dict[str, int] = {}
+    for n, entry in enumerate(entries):
+        if entry.mount_path in first:
+            raise ConfigError(
+                f"session {origin}: dataSet[{n}]: duplicate mountPath {entry.mount_path!r} "
+                f"(dataSet[{first[entry.mount_path]}] has it too)"
+            )
+        first[entry.mount_path] = n
+    for n, entry in enumerate(entries):
+        for m, other in enumerate(entries):
+            if m != n and entry.mount_path.startswith(other.mount_path + "/"):
                 raise ConfigError(
-                    f"session {origin}: mountPath {entry.mount_path!r} lies inside "
-                    f"{other.mount_path!r}, which another entry mounts"
+                    f"session {origin}: dataSet[{n}]: mountPath {entry.mount_path!r} lies "
+                    f"inside {other.mount_path!r}, which dataSet[{m}] mounts"
                 )
     return Session(session_id, tuple(entries), origin)
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def load_session_file(path: str | Path) -> Session:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"session file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"session file {path}: not UTF-8 text") from None
+    text = read_user_file(path, "session file")
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -99,14 +111,16 @@ def load_session_file(path: str | Path) -> Session:
 
 
 async def fetch_session(girder: GirderClient, session_id: str) -> Session:
-    """`GET /dm/session/{id}` from a Girder with the WholeTale DM plugin."""
+    """`GET /dm/session/{id}`: seed 001's session record, from a Girder with the wtfs plugin.
+
+    A stock Girder has no such route (404: said in one line with how to install the plugin);
+    with the plugin, an unknown id is Girder's 400 "Invalid session id", passed on as it is.
+    """
     try:
         data = await girder.get_json(f"dm/session/{session_id}")
     except NotFound:
         raise ConfigError(
-            f"session {session_id}: Girder at {girder.api_url} answered 404 for "
-            f"/dm/session/{session_id}: the server has no Data Manager plugin (a stock Girder "
-            "does not), or no such session. Use a session file instead."
+            f"session {session_id}: {no_plugin(girder).cause}; or mount a session file"
         ) from None
     except WtfsError as exc:
         raise ConfigError(f"session {session_id}: {exc.cause}") from None

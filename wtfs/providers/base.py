@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
+from wtfs.config import Config, NetworkConfig
+from wtfs.errors import SizeMismatch
+
 if TYPE_CHECKING:
     from wtfs.girder.client import GirderClient
 
@@ -23,8 +26,9 @@ class Source:
     """Where an item's bytes live.
 
     `url` is scheme-qualified: `girder://file/<fileId>` for a Girder download, otherwise the
-    item's `meta.phys_path` (a path with no scheme is normalised to `local://` by the session
-    layer). `size` is what the item claims; providers must check it against the source.
+    item's `meta.phys_path` (a path with no scheme is made `local://` + the path by the tree,
+    `wtfs/namespace/tree.py`, when it builds the item's node). `size` is what the item claims;
+    providers must check it against the source.
     """
 
     url: str
@@ -48,15 +52,46 @@ class Sink(Protocol):
 class ProviderSettings:
     """What every provider may need from configuration (read-only, shared).
 
+    A type of its own, not the config sections, because it is the plugins' contract: its names
+    stay put when the config file's change. The timeouts default to the `network` section's.
     `options` holds the provider-specific section of the config file, keyed by scheme
     (e.g. `options["sftp"]["key_file"]`), so plugins get their settings without a wtfs change.
     """
 
-    connect_timeout: float = 10.0
-    read_timeout: float = 30.0
+    connect_timeout: float = NetworkConfig.connect_timeout
+    read_timeout: float = NetworkConfig.read_timeout
     allowed_local_roots: tuple[str, ...] = ()
     http_headers: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+def provider_settings(config: Config) -> ProviderSettings:
+    """The daemon's provider settings, from the `network` and `providers` sections."""
+    return ProviderSettings(
+        connect_timeout=config.network.connect_timeout,
+        read_timeout=config.network.read_timeout,
+        allowed_local_roots=tuple(str(p) for p in config.providers.allowed_local_roots),
+        http_headers=config.providers.http_headers,
+        options=config.providers.options,
+    )
+
+
+def check_range(start: int, end: int) -> None:
+    """Refuse a range no caller should ask for (a bug, not a failure of the source)."""
+    if not 0 <= start <= end:
+        raise ValueError(f"bad range [{start}, {end})")
+
+
+def check_size(name: str, size: int, source: Source, end: int) -> None:
+    """Refuse a source whose real `size` is not the item's, or ends before `end`.
+
+    For providers that learn the size when they open the source: checked before any byte is
+    written, so the wrong bytes are never served.
+    """
+    if source.size is not None and size != source.size:
+        raise SizeMismatch(f"{name}: file has {size} bytes, the item {source.size}")
+    if end > size:
+        raise SizeMismatch(f"{name}: file has {size} bytes, bytes up to {end} asked")
 
 
 class Provider(ABC):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from wtfs.errors import TransferFailed
 from wtfs.providers.base import Provider, Sink, Source
-from wtfs.providers.retry import describe
+from wtfs.providers.urls import describe
 
 _NEEDS = (
     "globus provider is not configured: fetching {name} would need a Globus transfer client "

@@ -17,32 +17,27 @@ are never logged nor put in an error cause; nor is a URL's query string (signed 
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import re
-import time
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import httpx
 
-from wtfs.errors import (
-    AccessDenied,
-    NotFound,
-    SizeMismatch,
-    TransferFailed,
-    TransientError,
-    WtfsError,
+from wtfs.errors import SizeMismatch, TransferFailed, TransientError, WtfsError
+from wtfs.httpstatus import (
+    DENIED,
+    parse_content_range,
+    status_error,
+    transport_error,
+    unsatisfied_length,
 )
-from wtfs.providers.base import Provider, ProviderSettings, Sink, Source
-from wtfs.providers.retry import describe
+from wtfs.providers.base import Provider, ProviderSettings, Sink, Source, check_range
+from wtfs.providers.urls import describe
 
 if TYPE_CHECKING:
     from wtfs.girder.client import GirderClient
 
 log = logging.getLogger(__name__)
-
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
-_UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
 
 
 class HttpProvider(Provider):
@@ -133,9 +128,9 @@ class HttpProvider(Provider):
                 raise _status_error(head, name)
             async with client.stream("GET", source.url, headers={"Range": "bytes=0-0"}) as r:
                 if r.status_code == 206:
-                    parsed = _parse_content_range(r.headers.get("content-range"))
-                    if parsed is not None and parsed[2] is not None:
-                        return parsed[2]
+                    parsed = parse_content_range(r.headers.get("content-range"))
+                    if parsed is not None and parsed.total is not None:
+                        return parsed.total
                     raise TransferFailed(f"{name}: 206 answer without a usable total size")
                 if r.status_code == 200:
                     length = _content_length(r)
@@ -143,18 +138,17 @@ class HttpProvider(Provider):
                         return length
                     raise TransferFailed(f"{name}: the server does not tell the size")
                 if r.status_code == 416:
-                    total = _unsatisfied_total(r)
+                    total = unsatisfied_length(r.headers.get("content-range"))
                     if total is not None:
                         return total  # only an empty source cannot satisfy bytes=0-0
                 raise _status_error(r, name)
         except httpx.HTTPError as exc:
-            raise _transport_error(exc, name) from exc
+            raise _transport_error(exc, name, source.url) from exc
         except httpx.InvalidURL as exc:
             raise TransferFailed(f"{name}: invalid URL") from exc
 
     async def fetch(self, source: Source, start: int, end: int, sink: Sink) -> None:
-        if not 0 <= start <= end:
-            raise ValueError(f"bad range [{start}, {end})")
+        check_range(start, end)
         if start == end:
             return
         name = describe(source)
@@ -178,7 +172,7 @@ class HttpProvider(Provider):
                     if stop_early and pos >= end:
                         break
         except httpx.HTTPError as exc:
-            raise _transport_error(exc, name, at=max(pos, start)) from exc
+            raise _transport_error(exc, name, source.url, at=max(pos, start)) from exc
         except httpx.InvalidURL as exc:
             raise TransferFailed(f"{name}: invalid URL") from exc
         if pos < end:
@@ -191,10 +185,10 @@ class HttpProvider(Provider):
         status = response.status_code
         if status == 206:
             header = response.headers.get("content-range")
-            parsed = _parse_content_range(header)
+            parsed = parse_content_range(header)
             if parsed is None:
                 raise TransferFailed(f"{name}: 206 answer with unusable Content-Range {header!r}")
-            first, last, total = parsed
+            first, last, total = parsed.first, parsed.last, parsed.total
             if total is not None and source.size is not None and total != source.size:
                 raise SizeMismatch(
                     f"{name}: server says the source has {total} bytes, the item {source.size}"
@@ -236,28 +230,10 @@ class HttpProvider(Provider):
                     )
             return 0
         if status == 416:
-            total = _unsatisfied_total(response)
+            total = unsatisfied_length(response.headers.get("content-range"))
             said = f" (server says the source has {total} bytes)" if total is not None else ""
             raise SizeMismatch(f"{name}: bytes {start}-{end - 1} are not satisfiable{said}")
         raise _status_error(response, name)
-
-
-def _parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    if value is None:
-        return None
-    m = _CONTENT_RANGE.match(value)
-    if m is None:
-        return None
-    first, last = int(m.group(1)), int(m.group(2))
-    if last < first:
-        return None
-    total = None if m.group(3) == "*" else int(m.group(3))
-    return first, last, total
-
-
-def _unsatisfied_total(response: httpx.Response) -> int | None:
-    m = _UNSATISFIED_RANGE.match(response.headers.get("content-range", ""))
-    return int(m.group(1)) if m else None
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -278,38 +254,13 @@ def _refuse_encoded(response: httpx.Response, name: str) -> None:
         raise TransferFailed(f"{name}: server sent a {encoding!r}-encoded body despite identity")
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def _status_error(response: httpx.Response, name: str) -> WtfsError:
     status = response.status_code
     what = f"{name}: HTTP {status} {response.reason_phrase}".rstrip()
-    if status in (401, 403):
-        return AccessDenied(f"{what} (check the credentials configured for this host)")
-    if status in (404, 410):
-        return NotFound(what)
-    if status in (408, 429) or 500 <= status <= 599:
-        return TransientError(what, resume_after=_retry_after(response))
-    return TransferFailed(f"{what} (unexpected answer)")
+    if status in DENIED:
+        what += " (check the credentials configured for this host)"
+    return status_error(status, response.headers, what)
 
 
-def _transport_error(exc: httpx.HTTPError, name: str, at: int | None = None) -> WtfsError:
-    where = f" at byte {at}" if at is not None else ""
-    if isinstance(exc, httpx.TimeoutException):
-        return TransientError(f"{name}: {type(exc).__name__}{where} (no answer in time)")
-    if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
-        return TransientError(f"{name}: connection failed{where}: {type(exc).__name__}: {exc}")
-    if isinstance(exc, httpx.TooManyRedirects):
-        return TransferFailed(f"{name}: too many redirects")
-    return TransferFailed(f"{name}: HTTP request failed{where}: {type(exc).__name__}: {exc}")
+def _transport_error(exc: httpx.HTTPError, name: str, url: str, at: int | None = None) -> WtfsError:
+    return transport_error(exc, name, peer=urlsplit(url).hostname or "the server", at=at)

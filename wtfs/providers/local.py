@@ -32,7 +32,14 @@ from wtfs.errors import (
     TransientError,
     WtfsError,
 )
-from wtfs.providers.base import Provider, ProviderSettings, Sink, Source
+from wtfs.providers.base import (
+    Provider,
+    ProviderSettings,
+    Sink,
+    Source,
+    check_range,
+    check_size,
+)
 
 if TYPE_CHECKING:
     from wtfs.girder.client import GirderClient
@@ -47,8 +54,9 @@ _TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ETIMEDOUT, errno.ESTALE, errno.E
 def path_from_url(url: str) -> str:
     """The absolute path a `local:` or `file:` URL names.
 
-    `local:` URLs are built by the session layer as `local://` + a raw path, so their path is
-    taken verbatim (a `%`, `?` or `#` is part of the file name). `file:` URLs follow RFC 8089:
+    `local:` URLs are built by the tree (`wtfs/namespace/tree.py`) as `local://` + an item's raw
+    `meta.phys_path`, so their path is taken verbatim (a `%`, `?` or `#` is part of the file
+    name). `file:` URLs follow RFC 8089:
     percent-decoded, with an empty or `localhost` host.
     """
     scheme, _, rest = url.partition(":")
@@ -136,16 +144,12 @@ class LocalProvider(Provider):
         return size
 
     async def fetch(self, source: Source, start: int, end: int, sink: Sink) -> None:
-        if not 0 <= start <= end:
-            raise ValueError(f"bad range [{start}, {end})")
+        check_range(start, end)
         fd, size, path = await trio.to_thread.run_sync(
             self._open, source.url, limiter=self._limiter
         )
         try:
-            if source.size is not None and size != source.size:
-                raise SizeMismatch(f"{path}: file has {size} bytes, the item {source.size}")
-            if end > size:
-                raise SizeMismatch(f"{path}: file has {size} bytes, bytes up to {end} asked")
+            check_size(path, size, source, end)
             pos = start
             while pos < end:
                 want = min(CHUNK, end - pos)

@@ -12,12 +12,13 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import trio
 
+from wtfs.config import Config, NetworkConfig
 from wtfs.errors import Timeout, TransferFailed, TransientError, WtfsError
-from wtfs.providers.base import Provider, Sink, Source
+from wtfs.providers.base import Provider, Sink, Source, check_range
+from wtfs.providers.urls import describe
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,14 @@ OnRetry = Callable[[int, WtfsError, float], None]
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 6  # total tries, the first one included
-    base_delay: float = 0.2  # seconds; exponential backoff with full jitter
-    max_delay: float = 10.0
-    deadline: float = 120.0  # total budget in seconds for the whole call, waits included
+    """How hard to try; the defaults are the `network` section's (one place for them)."""
+
+    attempts: int = NetworkConfig.retry_attempts  # total tries, the first one included
+    #: seconds; exponential backoff with full jitter
+    base_delay: float = NetworkConfig.retry_base_delay
+    max_delay: float = NetworkConfig.retry_max_delay
+    #: total budget in seconds for the whole call, waits included
+    deadline: float = NetworkConfig.read_deadline
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -47,15 +52,15 @@ class RetryPolicy:
         return (rng or random).uniform(0.0, ceiling)
 
 
-def describe(source: Source) -> str:
-    """A name for logs and causes: the label, or the URL without credentials or query."""
-    if source.label:
-        return source.label
-    parts = urlsplit(source.url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
+def retry_policy(config: Config) -> RetryPolicy:
+    """The daemon's policy, from the `network` section."""
+    net = config.network
+    return RetryPolicy(
+        attempts=net.retry_attempts,
+        base_delay=net.retry_base_delay,
+        max_delay=net.retry_max_delay,
+        deadline=net.read_deadline,
+    )
 
 
 class _OutOfTime(Exception):
@@ -104,8 +109,7 @@ async def fetch_with_retry(
     `on_retry(attempt, error, delay)` is called before each wait, `attempt` being the
     1-based number of the attempt that just failed.
     """
-    if not 0 <= start <= end:
-        raise ValueError(f"bad range [{start}, {end})")
+    check_range(start, end)
     if start == end:
         return
     name = describe(source)

@@ -23,6 +23,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import getpass
+import importlib
 import logging
 import stat
 from collections import deque
@@ -31,7 +32,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-import asyncssh
 import trio
 
 from wtfs.errors import (
@@ -42,8 +42,15 @@ from wtfs.errors import (
     TransientError,
     WtfsError,
 )
-from wtfs.providers.base import Provider, ProviderSettings, Sink, Source
-from wtfs.providers.retry import describe
+from wtfs.providers.base import (
+    Provider,
+    ProviderSettings,
+    Sink,
+    Source,
+    check_range,
+    check_size,
+)
+from wtfs.providers.urls import describe
 
 if TYPE_CHECKING:
     import outcome
@@ -51,6 +58,23 @@ if TYPE_CHECKING:
     from wtfs.girder.client import GirderClient
 
 log = logging.getLogger(__name__)
+
+
+class _OnFirstUse:
+    """A module imported when first used: asyncssh brings cryptography (~9 MiB resident)
+    into every daemon that loads the providers, and only sftp sources need it."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+if TYPE_CHECKING:
+    import asyncssh
+else:
+    asyncssh = _OnFirstUse("asyncssh")
 
 T = TypeVar("T")
 CHUNK = 1024 * 1024
@@ -176,16 +200,12 @@ class SftpProvider(Provider):
         return await self._loop.call(self._guard(target, self._stat(target)))
 
     async def fetch(self, source: Source, start: int, end: int, sink: Sink) -> None:
-        if not 0 <= start <= end:
-            raise ValueError(f"bad range [{start}, {end})")
+        check_range(start, end)
         target = self._target(source)
         handle, size = await self._loop.call(self._guard(target, self._open(target)))
         pending: deque[tuple[int, int, concurrent.futures.Future[bytes]]] = deque()
         try:
-            if source.size is not None and size != source.size:
-                raise SizeMismatch(f"{target.name}: file has {size} bytes, the item {source.size}")
-            if end > size:
-                raise SizeMismatch(f"{target.name}: file has {size} bytes, bytes up to {end} asked")
+            check_size(target.name, size, source, end)
             # Keep a few reads in flight so the link stays busy while the sink writes.
             ahead = start
             while ahead < end or pending:
