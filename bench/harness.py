@@ -14,11 +14,9 @@ import json
 import os
 import random
 import re
-import select
 import shutil
 import signal
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -31,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from wtfs.daemon.ready import ReadyPipe
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "work"
@@ -290,16 +290,18 @@ class WtfsMount:
         fusermount_lazy(self.mountpoint)
 
     def entries(self) -> list[dict[str, Any]]:
-        """The store's index entries (read-only query)."""
-        db = sqlite3.connect(f"file:{self.store / 'index.sqlite3'}?mode=ro", uri=True)
+        """The store's index entries, through the index's interface."""
+        from wtfs_index import open_index
+
+        index = open_index(None, self.store)
         try:
-            db.row_factory = sqlite3.Row
             return [
-                dict(r)
-                for r in db.execute("SELECT key, file_name, size, present, complete FROM entries")
-            ]
+                {"key": e.key, "source_key": e.source_key, "file_name": e.file_name,
+                 "size": e.size, "present": e.present, "complete": e.complete}
+                for e in index.entries()
+            ]  # fmt: skip
         finally:
-            db.close()
+            index.close()
 
 
 def start_wtfs(
@@ -313,7 +315,7 @@ def start_wtfs(
     extra: dict[str, Any] | None = None,
     timeout: float = 120,
 ) -> WtfsMount:
-    """`wtfs mount --foreground --ready-fd N` (as tests/support/mounts.py does); waits for OK."""
+    """`wtfs mount --foreground --ready-fd N`; waits for its answer (wtfs.daemon.ready)."""
     base = fresh_dir(WORK / "mounts" / name)
     mountpoint = base / "mnt"
     mountpoint.mkdir()
@@ -333,7 +335,7 @@ def start_wtfs(
     session_path.write_text(json.dumps({"dataSet": data_set}))
     env = dict(os.environ)
     env.pop("GIRDER_API_KEY", None)
-    ready_read, ready_write = os.pipe()
+    pipe = ReadyPipe()
     process = spawn(
         [
             sys.executable,
@@ -344,26 +346,21 @@ def start_wtfs(
             "mount",
             "--foreground",
             "--ready-fd",
-            str(ready_write),
+            str(pipe.fd),
             str(session_path),
             str(mountpoint),
         ],
         base / "stderr.txt",
         env=env,
         cwd=ROOT,
-        pass_fds=(ready_write,),
+        pass_fds=(pipe.fd,),
     )
-    os.close(ready_write)
     mount = WtfsMount(mountpoint, store, log_path, process, config_path)
     cleanup.push(f"wtfs mount {name}", mount.stop)
-    with os.fdopen(ready_read, "rb") as pipe:
-        readable, _, _ = select.select([pipe], [], [], timeout)
-        message = pipe.readline().decode().strip() if readable else ""
-    if message != "OK":
+    answer = pipe.wait(timeout)
+    if not answer.ready:
         cleanup.run(mount.stop)
-        raise RuntimeError(
-            f"wtfs mount {name} not ready ({message or 'timeout'}):\n{mount.log_text()[-3000:]}"
-        )
+        raise RuntimeError(f"wtfs mount {name} not ready ({answer}):\n{mount.log_text()[-3000:]}")
     return mount
 
 

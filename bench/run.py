@@ -26,6 +26,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests.support.postgres
 
 from harness import PEERS_VENV, ROOT, WORK, Cleanup, Girders, Profiler, log
 from scenarios import SCENARIOS, Context, Row
@@ -212,6 +213,7 @@ def main() -> int:
                 girders.stop("listing")
     finally:
         cleanup.close()
+        ctx.close()
     seconds = time.monotonic() - started
     load_end = Path("/proc/loadavg").read_text().split()[:3]
     ctx.note(

@@ -1,4 +1,4 @@
-"""The seven benchmark scenarios. Each takes a `Context` and returns `Row`s (plus notes).
+"""The benchmark scenarios. Each takes a `Context` and returns `Row`s (plus notes).
 
 Targets come from the issue; every figure is a median over `ctx.repeat` runs unless a row says
 otherwise. Each scenario cleans up its own mounts and stores (its own `Cleanup`), so it can run
@@ -69,10 +69,30 @@ class Context:
     quick: bool
     profiler: Profiler
     notes: list[str] = field(default_factory=list)
+    #: the run's own PostgreSQL (tests/support/postgres.py), started by the first scenario
+    #: that needs one and stopped by `close()`
+    _postgres: Any = None
+    _databases: int = 0
 
     def note(self, text: str) -> None:
         self.notes.append(text)
         log(f"note: {text}")
+
+    def postgres_url(self, name: str) -> str:
+        """The URL of a fresh empty database on the run's PostgreSQL."""
+        if self._postgres is None:
+            from tests.support.postgres import PostgresServer
+
+            self._postgres = PostgresServer.start(fresh_dir(WORK / "postgres"))
+            log(f"started {self._postgres!r}")
+        self._databases += 1
+        url: str = self._postgres.new_database(f"{name}_{self._databases}")
+        return url
+
+    def close(self) -> None:
+        if self._postgres is not None:
+            self._postgres.close()
+            self._postgres = None
 
 
 def _fmt(x: float, unit: str = "", digits: int = 0) -> str:
@@ -190,7 +210,7 @@ def cached(ctx: Context) -> list[Row]:
 def _wait_complete(mount: Any, key: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        entry = next(e for e in mount.entries() if e["key"] == key)
+        entry = next(e for e in mount.entries() if e["source_key"] == key)
         if entry["complete"] or time.monotonic() > deadline:
             return entry
         time.sleep(0.1)
@@ -292,6 +312,45 @@ def cold(ctx: Context) -> list[Row]:
             f"rclone {_fmt(m['rclone'], ' MB/s')}, curl {_fmt(m['static'], ' MB/s')}",
             m["rclone"] / m["static"] if m["static"] else None,
         ),
+    ]
+
+
+def cold_index(ctx: Context) -> list[Row]:
+    """256 MiB, fresh store each run, the index on PostgreSQL vs SQLite, back to back."""
+    source = ensure_random_file(DATA / "cold" / "f256.bin", 256 * MiB)
+    files = ctx.girders.import_dir("data", source.parent)
+    girder = ctx.girders.get("data")
+    f = files["f256.bin"]
+    results: dict[str, list[float]] = {"postgres": [], "sqlite": []}
+    cleanup = Cleanup()
+    try:
+        for r in range(ctx.repeat):
+            read_file(f.path)
+            for backend in ("sqlite", "postgres") if r % 2 else ("postgres", "sqlite"):
+                extra = {"index_url": ctx.postgres_url("cold")} if backend == "postgres" else {}
+                mount = start_wtfs(cleanup, girder, f"cold-{backend}", [_item(f)],
+                                   store=_fresh_store(f"cold-{backend}"), extra=extra)  # fmt: skip
+                nbytes, seconds = dd(mount.mountpoint / f.name)
+                if nbytes != f.size:
+                    raise RuntimeError(f"cold-index: read {nbytes} bytes of {f.size}")
+                results[backend].append(mbps(nbytes, seconds))
+                _stop(cleanup, mount)
+            log(
+                f"cold-index run {r + 1}: postgres {results['postgres'][-1]:.0f} MB/s, "
+                f"sqlite {results['sqlite'][-1]:.0f} MB/s"
+            )
+    finally:
+        cleanup.close()
+        for backend in ("sqlite", "postgres"):
+            shutil.rmtree(STORES / f"cold-{backend}", ignore_errors=True)
+    return [
+        _ratio_row(
+            "2e. cold seq read 256 MiB, index on PostgreSQL vs SQLite",
+            results["postgres"],
+            "SQLite",
+            results["sqlite"],
+            0.95,
+        )
     ]
 
 
@@ -597,7 +656,7 @@ def rss(ctx: Context) -> list[Row]:
             sampler = RssSampler(mount.pid, on_sample=store_bytes)
             with ctx.profiler.record("rss", [mount.pid]) if profiling else _null(), sampler:
                 check = _verify_stream(mount.mountpoint / f.name, f.path, f.size)
-            drops = len(mount.log_lines(r"dropped .* behind the reader", limit=10**6))
+            drops = len(mount.log_lines(r"made room .* inside files being read", limit=10**6))
             bad_lines = mount.log_lines(r"ERROR|Traceback")
             _stop(cleanup, mount)
             kib = [v for _, v in sampler.samples]
@@ -624,7 +683,7 @@ def rss(ctx: Context) -> list[Row]:
                     )
                     ctx.note(
                         f"rss: streaming 4 GiB through a 1 GiB store FAILED: {detail}; the "
-                        f"daemon logged {drops} 'dropped … behind the reader' window shrinks "
+                        f"daemon logged {drops} windows (room made inside files being read) "
                         f"and {len(bad_lines)} errors"
                         + (": " + " | ".join(bad_lines[-3:]) if bad_lines else "")
                         + f"; RSS during that run: {summary}. Fell back to capacity 6 GiB "
@@ -674,134 +733,153 @@ def rss(ctx: Context) -> list[Row]:
 # -- 6. GC pass over 100k entries ---------------------------------------------------------------
 
 
+GC_ENTRIES, GC_SIZE = 100_000, 4096
+
+
+def _gc_index(ctx: Context, backend: str, root: Path) -> Any:
+    """A fresh index of `backend` for a store at `root` (PostgreSQL: a fresh database)."""
+    from wtfs_index import open_index
+
+    url = ctx.postgres_url("gc") if backend == "postgres" else None
+    return open_index(url, root)
+
+
+def _fill_index(index: Any, n: int, size: int) -> list[str]:
+    """n complete entries of `size` bytes, atimes in order, in one transaction (both backends
+    take the same SQL); their file names."""
+    from wtfs_index import Ranges
+
+    ranges = Ranges([(0, size)]).to_json()
+    now = time.time()
+    rows = [
+        (f"bench:{i}", f"bench:{i}", "v1", f"item{i:06d}", f"{i % 256:02x}/f{i:06d}", size,
+         "girder://file/x", f"/bench/f{i}", ranges, size, 1, now - n + i, now)
+        for i in range(n)
+    ]  # fmt: skip
+    with index._write() as tx:
+        tx.executemany(
+            "INSERT INTO entries (key, source_key, version, item_id, file_name, size, source,"
+            " path, ranges, present, complete, atime, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+    return [row[4] for row in rows]
+
+
 def gc(ctx: Context) -> list[Row]:
-    """`wtfs.gc.evictor.collect` over an index of 100,000 entries (built via Index)."""
-    from wtfs_index.index import Index
+    """`wtfs.gc.evictor.collect` over an index of 100,000 entries, on SQLite and PostgreSQL."""
+    from wtfs_index import Owner
 
     from wtfs.cache.store import Store
     from wtfs.gc.evictor import GcPolicy, collect
 
-    n, size = 100_000, 4096
-    base = fresh_dir(WORK / "gc")
-    template = base / "template"
-    store = Store(template)
-    store.prepare()
-    index = Index(store.index_path)
-    started = time.perf_counter()
-    names = []
-    for i in range(n):
-        row = index.ensure_entry(
-            f"bench:{i}", f"item{i:06d}", size, None, "girder://file/x", f"/bench/f{i}"
-        )
-        index.commit_range(0, row.key, 0, size)
-        names.append(row.file_name)
-    index._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    index.close()
-    build = time.perf_counter() - started
-    log(f"gc: built an index of {n} entries in {build:.1f}s")
+    n, size = GC_ENTRIES, GC_SIZE
     usage = n * size
-    evict_t, noop_t, evicted_n, lru_t = [], [], [], []
-    for r in range(ctx.repeat):
-        run = fresh_dir(base / "run")
-        shutil.copy(template / "index.sqlite3", run / "index.sqlite3")
-        run_store = Store(run)
-        run_store.prepare()
-        for name in names:  # one (empty) store file per entry: the pass unlinks what it evicts
-            d = run_store.data / name.split("/")[0]
-            d.mkdir(mode=0o700, exist_ok=True)
-            os.close(os.open(d / name.split("/")[1], os.O_CREAT | os.O_WRONLY, 0o600))
-        idx = Index(run_store.index_path)
-        try:
-            noop = GcPolicy(usage * 2, 0.9, 0.5)  # usage = 50 % < start mark: a no-op pass
-            started = time.perf_counter()
-            report = collect(idx, run_store, noop, "bench-gc")
-            noop_t.append(time.perf_counter() - started)
-            assert not report.evicted
-            policy = GcPolicy(int(usage / 0.95), 0.9, 0.5)  # usage = 95 % ≥ start mark
-            started = time.perf_counter()
-            report = collect(idx, run_store, policy, "bench-gc")
-            evict_t.append(time.perf_counter() - started)
-            evicted_n.append(len(report.evicted))
-            left = sum(len(files) for _, _, files in os.walk(run_store.data))
-            if left != n - len(report.evicted):
-                ctx.note(f"gc: {left} store files left, expected {n - len(report.evicted)}")
-        finally:
-            idx.close()
-        # The index part alone (Index.evict_lru on a fresh copy, no unlinks), for the split.
-        shutil.copy(template / "index.sqlite3", run / "index.sqlite3")
-        idx = Index(run / "index.sqlite3")
-        try:
-            started = time.perf_counter()
-            idx.evict_lru(GcPolicy(int(usage / 0.95), 0.9, 0.5).end_bytes, "bench-gc", "gc")
-            lru_t.append(time.perf_counter() - started)
-        finally:
-            idx.close()
-        log(
-            f"gc run {r + 1}: no-op {noop_t[-1] * 1000:.0f} ms, "
-            f"eviction {evict_t[-1] * 1000:.0f} ms "
-            f"({evicted_n[-1]} entries evicted)"
+    me = Owner.current("bench-gc")
+    rows: list[Row] = []
+    base = fresh_dir(WORK / "gc")
+    for backend in ("sqlite", "postgres"):
+        evict_t: list[float] = []
+        noop_t: list[float] = []
+        evicted_n: list[int] = []
+        for r in range(ctx.repeat):
+            run = fresh_dir(base / f"{backend}-{r}")
+            store = Store(run)
+            store.prepare()
+            index = _gc_index(ctx, backend, run)
+            try:
+                names = _fill_index(index, n, size)
+                for d in {name.split("/")[0] for name in names}:
+                    (store.data / d).mkdir(mode=0o700, exist_ok=True)
+                for name in names:  # one (empty) file per entry: the pass unlinks what it evicts
+                    os.close(os.open(store.data / name, os.O_CREAT | os.O_WRONLY, 0o600))
+                started = time.perf_counter()
+                report = collect(index, store, GcPolicy(usage * 2, 0.9, 0.5), me)
+                noop_t.append(time.perf_counter() - started)
+                assert not report.evicted
+                started = time.perf_counter()
+                report = collect(index, store, GcPolicy(int(usage / 0.95), 0.9, 0.5), me)
+                evict_t.append(time.perf_counter() - started)
+                evicted_n.append(len(report.evicted))
+                left = sum(len(files) for _, _, files in os.walk(store.data))
+                if left != n - len(report.evicted):
+                    ctx.note(f"gc {backend}: {left} store files left, expected "
+                             f"{n - len(report.evicted)}")  # fmt: skip
+            finally:
+                index.close()
+                shutil.rmtree(run, ignore_errors=True)
+            log(f"gc {backend} run {r + 1}: no-op {noop_t[-1] * 1000:.0f} ms, eviction "
+                f"{evict_t[-1] * 1000:.0f} ms ({evicted_n[-1]} entries evicted)")  # fmt: skip
+        ctx.note(
+            f"gc {backend}: the eviction pass evicted {median(evicted_n):.0f} of {n} entries "
+            f"(95 % → 50 % of capacity) and unlinked their files; runs "
+            + ", ".join(f"{t:.2f}" for t in evict_t)
+            + " s"
         )
-    if ctx.profiler.enabled:
-        _profile_gc(ctx, template, names, usage)
+        name = "SQLite" if backend == "sqlite" else "PostgreSQL"
+        rows += [
+            Row(f"6a. GC eviction pass over 100,000 entries ({name})",
+                f"{median(evict_t):.2f} s", "–", None, "< 1 s", median(evict_t) < 1),
+            Row(f"6b. GC no-op pass over 100,000 entries ({name})",
+                f"{median(noop_t) * 1000:.0f} ms", "–", None, "< 1 s", median(noop_t) < 1),
+        ]  # fmt: skip
     shutil.rmtree(base, ignore_errors=True)
-    ctx.note(
-        f"gc: building 100k entries through Index.ensure_entry + commit_range took "
-        f"{build:.0f}s; the eviction pass evicted {median(evicted_n):.0f} entries "
-        f"(95 % → 50 % of capacity) and unlinked their store files; Index.evict_lru "
-        f"alone (the index transaction, no unlinks) took {median(lru_t):.2f} s"
-    )
-    return [
-        Row(
-            "6a. GC eviction pass over 100,000 entries",
-            f"{median(evict_t):.2f} s",
-            "–",
-            None,
-            "< 1 s",
-            median(evict_t) < 1,
-        ),
-        Row(
-            "6b. GC no-op pass over 100,000 entries",
-            f"{median(noop_t) * 1000:.0f} ms",
-            "–",
-            None,
-            "< 1 s",
-            median(noop_t) < 1,
-        ),
-    ]
+    return rows
 
 
-def _profile_gc(ctx: Context, template: Path, names: list[str], usage: int) -> None:
-    import cProfile
-    import pstats
-
-    from wtfs_index.index import Index
+def index_cost(ctx: Context) -> list[Row]:
+    """The index's cost per block of a fetch: `reserve` + `commit_range`, the two calls a run
+    makes for each block, timed alone (no data, no provider), on SQLite and PostgreSQL, in a
+    store holding nothing else and in one holding 100,000 other entries."""
+    from wtfs_index import Owner
 
     from wtfs.cache.store import Store
-    from wtfs.gc.evictor import GcPolicy, collect
 
-    run = fresh_dir(WORK / "gc" / "prof")
-    shutil.copy(template / "index.sqlite3", run / "index.sqlite3")
-    store = Store(run)
-    store.prepare()
-    for name in names:
-        d = store.data / name.split("/")[0]
-        d.mkdir(mode=0o700, exist_ok=True)
-        os.close(os.open(d / name.split("/")[1], os.O_CREAT | os.O_WRONLY, 0o600))
-    idx = Index(store.index_path)
-    profile = cProfile.Profile()
-    profile.enable()
-    collect(idx, store, GcPolicy(int(usage / 0.95), 0.9, 0.5), "bench-gc")
-    profile.disable()
-    idx.close()
-    out = WORK / "profiles"
-    out.mkdir(parents=True, exist_ok=True)
-    import io
-
-    buffer = io.StringIO()
-    pstats.Stats(profile, stream=buffer).sort_stats("cumulative").print_stats(15)
-    ctx.profiler.summaries["gc"] = buffer.getvalue()
-    (out / "gc-summary.txt").write_text(buffer.getvalue())
-    log("profile gc:\n" + buffer.getvalue())
+    blocks, block = 2000, 4 * MiB
+    me = Owner.current("bench-index")
+    rows: list[Row] = []
+    base = fresh_dir(WORK / "index-cost")
+    per_block: dict[tuple[str, int], list[float]] = {}
+    for backend in ("sqlite", "postgres"):
+        for others in (0, GC_ENTRIES):
+            times = per_block.setdefault((backend, others), [])
+            for r in range(ctx.repeat):
+                run = fresh_dir(base / f"{backend}-{others}-{r}")
+                Store(run).prepare()
+                index = _gc_index(ctx, backend, run)
+                try:
+                    if others:
+                        _fill_index(index, others, GC_SIZE)
+                    index.register_owner(me, "bench")
+                    size = blocks * block
+                    entry = index.ensure_entry(
+                        "bench:cost", source_key="bench:cost", version="v1", item_id="item",
+                        size=size, checksum=None, content_hash=None, source="girder://file/x",
+                        path="/bench/cost", by_owner=me.owner_id,
+                    )  # fmt: skip
+                    n = blocks if not others else blocks // 10
+                    started = time.perf_counter()
+                    for b in range(n):
+                        start, end = b * block, (b + 1) * block
+                        res = index.reserve(entry.key, start, end, me, size * 2 + others * GC_SIZE,
+                                            file_name=entry.file_name)  # fmt: skip
+                        assert res.claim_id is not None, res
+                        index.commit_range(res.claim_id, entry.key, start, end,
+                                           file_name=entry.file_name)  # fmt: skip
+                    times.append((time.perf_counter() - started) / n)
+                finally:
+                    index.close()
+                    shutil.rmtree(run, ignore_errors=True)
+                log(f"index-cost {backend}, {others} other entries, run {r + 1}: "
+                    f"{times[-1] * 1e6:.0f} µs per block")  # fmt: skip
+    shutil.rmtree(base, ignore_errors=True)
+    for (backend, others), t in per_block.items():
+        name = "SQLite" if backend == "sqlite" else "PostgreSQL"
+        where = f"{others:,} other entries" if others else "an empty store"
+        ctx.note(f"index-cost {backend}, {where}: " + ", ".join(f"{x * 1e6:.0f}" for x in t)
+                 + " µs per block (reserve + commit)")  # fmt: skip
+        metric = f"8. index cost per 4 MiB block, reserve + commit ({name}, {where})"
+        rows.append(Row(metric, f"{median(t) * 1e6:,.0f} µs", "–", None))
+    return rows
 
 
 # -- 7. 2 mounts × 8 readers ------------------------------------------------------------------
@@ -876,4 +954,6 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "rss": rss,
     "gc": gc,
     "parallel": parallel_readers,
+    "cold-index": cold_index,
+    "index-cost": index_cost,
 }

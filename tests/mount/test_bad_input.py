@@ -194,6 +194,16 @@ def test_session_naming_an_item_girder_does_not_have(setup: Setup) -> None:
     assert_refused(result, setup, missing)
 
 
-def test_session_id_against_a_stock_girder(setup: Setup, girder: LocalGirder) -> None:
-    result = setup.mount("--session-id", "5f0000000000000000000000", str(setup.mountpoint))
-    assert_refused(result, setup, "404", "Data Manager plugin")
+def test_session_id_against_a_stock_girder(setup: Setup, stock_girder: LocalGirder) -> None:
+    stock = {"api_url": stock_girder.api_url, "api_key_file": str(stock_girder.api_key_file)}
+    config = yaml.safe_dump({**setup.config, "girder": stock})
+    result = setup.mount(
+        "--session-id", "5f0000000000000000000000", str(setup.mountpoint), config_text=config
+    )
+    assert_refused(result, setup, "404", "has no wtfs plugin", "pip install ./girder-plugin-wtfs")
+
+
+def test_session_id_girder_does_not_have(setup: Setup) -> None:
+    missing = "5f0000000000000000000000"
+    result = setup.mount("--session-id", missing, str(setup.mountpoint))
+    assert_refused(result, setup, f"Invalid session id ({missing})")

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 from wtfs_devgirder.control import LocalGirder
-from wtfs_index.index import Index
 
 from tests.support.bigdata import BigFile, MiB
+from tests.support.index import entry_of, store_index
 from tests.support.mounts import drop_page_cache, mounted, start_mount
 from wtfs.cache.store import Store
 
@@ -36,10 +36,6 @@ def sha256(path: Path) -> str:
         while chunk := f.read(MiB):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def store_index(config: dict[str, Any]) -> Index:
-    return Index(Path(config["private_storage_path"]) / "index.sqlite3")
 
 
 def test_4k_read_at_900mib_of_uncached_1gib_fetches_under_two_blocks(
@@ -116,9 +112,11 @@ def test_capacity_256mib_holds_under_4_readers_of_1gib(
     assert peak <= capacity
 
 
-def test_read_gets_enospc_when_everything_is_locked(
+def test_files_read_whole_and_held_open_make_room_for_another_reader(
     tmp_path: Path, base_config: dict[str, Any], big: dict[str, BigFile]
 ) -> None:
+    """Open files keep what their readers need now, not every byte: two 8 MiB files read whole
+    and held open do not stop a third from being read in a 16 MiB store."""
     small = [big[f"s{n:02d}.bin"] for n in range(3)]
     config = {**base_config, "private_storage_capacity": 16 * MiB, "block_size": "1MiB"}
     with mounted(tmp_path, config, session_of(*small)) as m:
@@ -126,16 +124,46 @@ def test_read_gets_enospc_when_everything_is_locked(
         try:
             for f, handle in zip(small, held, strict=False):
                 assert hashlib.sha256(handle.read()).hexdigest() == f.sha256
-            with open(m.mountpoint / small[2].name, "rb") as f, pytest.raises(OSError) as info:
-                f.read(4096)
-            assert info.value.errno == errno.ENOSPC
+            assert sha256(m.mountpoint / small[2].name) == small[2].sha256
+            for f, handle in zip(small, held, strict=False):  # and they still read right
+                handle.seek(0)
+                assert hashlib.sha256(handle.read()).hexdigest() == f.sha256
+        finally:
+            for handle in held:
+                handle.close()
+        reasons = {e["reason"] for e in m.status()["evictions"]}
+        assert "window" in reasons, reasons
+
+
+def test_read_gets_enospc_when_the_blocks_open_readers_need_fill_the_store(
+    tmp_path: Path, base_config: dict[str, Any], big: dict[str, BigFile]
+) -> None:
+    """ENOSPC only when the blocks open readers need now do not fit: here each open file's
+    reader sits in its first block, and a 4 MiB store holds at most four of them."""
+    files = [big[f"s{n:02d}.bin"] for n in range(7)]
+    config = {**base_config, "private_storage_capacity": 4 * MiB, "block_size": "1MiB"}
+    with mounted(tmp_path, config, session_of(*files)) as m:
+        held: list[Any] = []
+        refused: OSError | None = None
+        try:
+            for f in files:
+                handle = open(m.mountpoint / f.name, "rb")  # noqa: SIM115
+                held.append(handle)
+                try:
+                    assert os.pread(handle.fileno(), 4096, 0) == f.expected(0, 4096)
+                except OSError as exc:
+                    refused = exc
+                    break
+            assert refused is not None, "every reader's blocks fit in a 4 MiB store?"
+            assert refused.errno == errno.ENOSPC
+            assert len(held) >= 3  # two pinned blocks each at most: two readers always fit
             failures = m.status()["failures"]
             assert any("private store full" in f["cause"] for f in failures)
         finally:
             for handle in held:
                 handle.close()
-        # Once a file is closed it is no longer locked: the GC makes room and the read works.
-        assert sha256(m.mountpoint / small[2].name) == small[2].sha256
+        # Once the files are closed they are no longer locked: the GC makes room.
+        assert sha256(m.mountpoint / files[-1].name) == files[-1].sha256
         assert "Traceback" not in m.log()
 
 
@@ -189,9 +217,7 @@ def test_kill_during_256mib_fetch_then_remount_fetches_only_the_rest(
         mount.stop()
     finally:
         girder.throttle(None)
-    index = store_index(base_config)
-    row = index.get_entry(f"girder:{_file_id(girder, quarter)}")
-    index.close()
+    row = entry_of(base_config, f"girder:{_file_id(girder, quarter)}")
     assert row is not None
     present = row.present
     assert 0 < present < quarter.size

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import queue
-import select
 import shutil
 import signal
 import subprocess
@@ -28,6 +27,7 @@ import pytest
 from wtfs_devgirder.seed import SampleData
 
 from tests.support.mounts import ROOT, mounted, write_config, write_session
+from wtfs.daemon.ready import ReadyPipe
 
 NOTEBOOK = 1000
 AS_NOTEBOOK = f"setpriv --reuid={NOTEBOOK} --regid={NOTEBOOK} --clear-groups"
@@ -368,28 +368,25 @@ def sidecar(
     log = workdir / "sidecar.log"
     config_path = write_config(workdir / "wtfs.yaml", {**config, "log_file": str(log)})
     session_path = write_session(workdir / "session.json", data_set)
-    ready_read, ready_write = os.pipe()
+    pipe = ReadyPipe()  # `wtfs mount` answers on it (wtfs.daemon.ready) from inside the script
     # `--propagation unchanged`: the namespace's copy of the shared host directory stays a peer
     # of it (as runc leaves it when a bind asks for rshared), so mounts go both ways.
     script = f"""
         mount --rbind "$HOST" "$SIDE"
         mount --make-rshared "$SIDE"
         exec {sys.executable} -m wtfs -c {config_path} mount --foreground \
-            --ready-fd {ready_write} {session_path} "$SIDE/wtfs"
+            --ready-fd {pipe.fd} {session_path} "$SIDE/wtfs"
     """
     env = {k: v for k, v in os.environ.items() if k != "GIRDER_API_KEY"}
     process = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "unchanged", "sh", "-euc", script],
         env={**env, "HOST": str(host), "SIDE": str(side)},
-        cwd=ROOT, pass_fds=(ready_write,),
+        cwd=ROOT, pass_fds=(pipe.fd,),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    os.close(ready_write)
     try:
-        with os.fdopen(ready_read, "rb") as pipe:
-            readable, _, _ = select.select([pipe], [], [], 60)
-            message = pipe.readline().decode().strip() if readable else "timeout"
-        assert message == "OK", f"the sidecar did not mount ({message}):\n{log.read_text()}"
+        answer = pipe.wait(60)
+        assert answer.ready, f"the sidecar did not mount ({answer}):\n{log.read_text()}"
         yield process
     finally:
         process.send_signal(signal.SIGTERM)

@@ -9,6 +9,7 @@ deadline; never wrong bytes; and the transfer record in `wtfs status --all` says
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import errno
 import hashlib
 import os
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from wtfs_devgirder.control import LocalGirder
 
@@ -218,24 +220,64 @@ def test_503_forever_fails_with_eio_and_the_mount_stays_up(
             assert_correct(read_within(m.mountpoint / "b.bin", 30), bad)
 
 
+@pytest.mark.parametrize(
+    ("retry_after", "max_delay"),
+    [("2", 5), (email.utils.formatdate(time.time() + 3600, usegmt=True), 2)],
+    ids=["seconds", "http-date"],  # the date is an hour away: max_delay caps the wait at 2 s
+)
 def test_429_with_retry_after_waits_as_told_then_succeeds(
-    tmp_path: Path, base_config: dict[str, Any], girder: LocalGirder, data: Data
+    tmp_path: Path,
+    base_config: dict[str, Any],
+    girder: LocalGirder,
+    data: Data,
+    retry_after: str,
+    max_delay: float,
 ) -> None:
     f, fid = data.files["b.bin"], data.file_ids["b.bin"]
     with proxy_for(girder) as proxy:
         proxy.add_rule(
-            match=download_of(fid), action=Fault.status(429, {"Retry-After": "2"}), times=1
+            match=download_of(fid), action=Fault.status(429, {"Retry-After": retry_after}), times=1
         )
-        config = config_via(base_config, proxy, retry_max_delay=5)
+        config = config_via(base_config, proxy, retry_max_delay=max_delay)
         with mounted(tmp_path, config, data.session("b.bin")) as m:
             outcome = read_within(m.mountpoint / "b.bin", 30)
             assert_correct(outcome, f)
             records = downloads(proxy, fid)
             assert [r.status for r in records[:2]] == [429, 206]
-            assert outcome.elapsed >= 1.8, f"Retry-After: 2 not honoured ({outcome.elapsed:.2f}s)"
+            assert outcome.elapsed >= 1.8, f"Retry-After not honoured ({outcome.elapsed:.2f}s)"
             transfers = transfers_of(m, f.item_id)
             assert all(t["status"] == DONE for t in transfers), transfers
             assert max(t["attempts"] for t in transfers) >= 2, transfers
+
+
+def test_a_file_deleted_in_girder_after_listing_reads_enoent_and_says_why(
+    tmp_path: Path, base_config: dict[str, Any], girder: LocalGirder
+) -> None:
+    # Girder answers 400 "Invalid file id" for a file it no longer has, on /file/{id} and on
+    # /file/{id}/download: the reader must see the name gone (ENOENT), not an I/O error.
+    client = girder.client()
+    collection = client.createCollection(f"deleted-{time.monotonic_ns()}", public=True)
+    folder = str(client.createFolder(collection["_id"], "f", parentType="collection")["_id"])
+    item = girder.raw_item(folder, "doomed.txt", b"soon gone\n")
+    (doc,) = client.get(f"item/{item}/files")
+    doomed = str(doc["_id"])
+    girder.raw_item(folder, "kept.txt", b"still here\n")
+    with mounted(tmp_path, base_config, [{"itemId": folder, "mountPath": "/f"}]) as m:
+        assert sorted(os.listdir(m.mountpoint / "f")) == ["doomed.txt", "kept.txt"]
+        client.delete(f"file/{doomed}")
+        for asked in (f"file/{doomed}", f"file/{doomed}/download"):  # what the mapping rests on
+            answer = httpx.get(
+                f"{girder.api_url}/{asked}", headers={"Girder-Token": girder.token()}
+            )
+            assert answer.status_code == 400 and "Invalid file id" in answer.text, answer.text
+        with pytest.raises(OSError) as info:
+            (m.mountpoint / "f/doomed.txt").read_bytes()
+        assert info.value.errno == errno.ENOENT, info.value
+        assert (m.mountpoint / "f/kept.txt").read_bytes() == b"still here\n"
+        failed = [t for t in m.status("--all")["transfers"] if t["status"] == FAILED]
+        assert [t["error"] for t in failed] == ["doomed.txt: deleted in Girder"], failed
+        assert m.wtfs("status", check=False).returncode == 3  # a FAILED transfer is listed
+        assert "doomed.txt: deleted in Girder" in m.log()
 
 
 # --- broken connections -----------------------------------------------------------------------

@@ -275,22 +275,6 @@ def test_unknown_item_id_is_exit_2_and_nothing_mounted(
     assert not os.path.ismount(mnt)
 
 
-def test_session_id_on_a_stock_girder_says_there_is_no_dm_plugin(
-    tmp_path: Path, base_config: dict[str, Any]
-) -> None:
-    config = write_config(tmp_path / "wtfs.yaml", base_config)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "GIRDER_API_KEY"}
-    result = run_wtfs(
-        ["-c", str(config), "mount", "--session-id", "5f0000000000000000000000", str(mnt)],
-        env,
-        check=False,
-    )
-    assert result.returncode == 2
-    assert "no Data Manager plugin" in result.stderr
-
-
 def test_api_key_never_in_argv_or_logs(
     tmp_path: Path, base_config: dict[str, Any], sample: SampleData, girder: LocalGirder
 ) -> None:

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from wtfs_devgirder.control import LocalGirder
 from wtfs_devgirder.seed import SampleData
-from wtfs_index.index import Index
 
 from tests.support.bigdata import MiB, write_random
+from tests.support.index import store_index
 from tests.support.mounts import mounted
 from tests.support.rangehttp import RangeHTTPServer
 from tests.support.sshd import SshdServer, running_sshd
@@ -133,8 +133,8 @@ def test_local_paths_outside_the_allowed_roots_are_refused_and_nothing_is_served
         failed = [t for t in m.status("--all")["transfers"] if t["status"] == 4]
         assert len(failed) == len(hostile)
         assert all("allowed" in t["error"] or "outside" in t["error"] for t in failed), failed
-    index = Index(Path(config["private_storage_path"]) / "index.sqlite3")
-    present = {r["path"]: r["present"] for r in index.query("SELECT path, present FROM entries")}
+    index = store_index(config)
+    present = {e.path: e.present for e in index.entries()}
     index.close()
     assert all(present.get(f"/h/{name}", 0) == 0 for name in hostile)  # not one byte stored
     assert present["/h/ok"] == 16

@@ -3,9 +3,12 @@ mounts, seed 001's field names, Prometheus metrics."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from wtfs_devgirder.control import LocalGirder
+from wtfs_devgirder.seed import SampleData
 
 from tests.support.bigdata import BigFile, MiB
 from tests.support.faultproxy import Fault, FaultProxy
@@ -141,6 +145,52 @@ def test_status_shows_two_mounts_sharing_a_store_and_history_with_none(
     assert {t["itemId"] for t in after["transfers"]} >= {a.item_id, b.item_id}
     assert after["totals"]["misses"] >= 2  # the finished mounts' counters are kept
     assert "no mount running" in run_wtfs(["-c", str(config), "status"], {}).stdout
+
+
+def test_status_into_a_pipe_or_a_file_keeps_every_column_and_the_whole_error(
+    tmp_path: Path, base_config: dict[str, Any], sample: SampleData, girder: LocalGirder
+) -> None:
+    """rich cut the table at 80 columns off a terminal: rate, ETA and error were gone."""
+    client = girder.client()
+    collection = client.createCollection(f"piped-status-{time.monotonic_ns()}", public=True)
+    folder = client.createFolder(collection["_id"], "items", parentType="collection")
+    name = "a-name-long-enough-to-overflow-any-terminal-" + "x" * 100 + ".bin"
+    item = client.createItem(folder["_id"], name)
+    client.addMetadataToItem(item["_id"], {"phys_path": f"nosuch://host/{name}", "size": 100})
+    data_set = [
+        {"itemId": item["_id"], "mountPath": f"/{name}"},  # the error names the file
+        {"itemId": sample.items["experiment/raw/measurements.csv"], "mountPath": "/m.csv"},
+    ]
+    with mounted(tmp_path, base_config, data_set) as m:
+        (m.mountpoint / "m.csv").read_bytes()
+        with pytest.raises(OSError) as info:
+            (m.mountpoint / name).read_bytes()
+        assert info.value.errno == errno.EIO
+        failed = [t for t in m.status()["transfers"] if t["status"] == 4]
+        assert failed  # one per read the kernel tried
+        error = failed[0]["error"]
+        assert name in error and len(error) > 200
+        env = {**m.env, "COLUMNS": "80"}
+        piped = run_wtfs(["-c", str(m.config_path), "status"], env, check=False)
+        saved = tmp_path / "status.txt"
+        with open(saved, "w") as out:
+            to_file = subprocess.run(
+                [sys.executable, "-m", "wtfs", "-c", str(m.config_path), "status"],
+                stdout=out, stderr=subprocess.PIPE, env=env, cwd=ROOT, timeout=60,
+            )  # fmt: skip
+        outputs = [(piped.returncode, piped.stdout), (to_file.returncode, saved.read_text())]
+        for code, text in outputs:
+            assert code == 3  # a FAILED transfer is listed
+            lines = text.splitlines()
+            header = lines[lines.index("transfers") + 1]
+            assert header.split() == ["id", "path", "status", "progress", "size", "rate", "ETA",
+                                      "error"]  # fmt: skip
+            rows = [line for line in lines if f"/{name}" in line]
+            assert len(rows) == len(failed)
+            assert all("FAILED" in row and row.endswith(error) for row in rows), rows
+            [done] = [line for line in lines if "/m.csv" in line and "DONE" in line]
+            assert "100%" in done and done.rstrip().endswith("/s"), done  # the rate is there
+            assert str(m.mountpoint) in text
 
 
 def free_port() -> int:
