@@ -830,7 +830,7 @@ def index_cost(ctx: Context) -> list[Row]:
     """The index's cost per block of a fetch: `reserve` + `commit_range`, the two calls a run
     makes for each block, timed alone (no data, no provider), on SQLite and PostgreSQL, in a
     store holding nothing else and in one holding 100,000 other entries."""
-    from wtfs_index import Owner
+    from wtfs_index import NewEntry, Owner
 
     from wtfs.cache.store import Store
 
@@ -851,11 +851,9 @@ def index_cost(ctx: Context) -> list[Row]:
                         _fill_index(index, others, GC_SIZE)
                     index.register_owner(me, "bench")
                     size = blocks * block
-                    entry = index.ensure_entry(
-                        "bench:cost", source_key="bench:cost", version="v1", item_id="item",
-                        size=size, checksum=None, content_hash=None, source="girder://file/x",
-                        path="/bench/cost", by_owner=me.owner_id,
-                    )  # fmt: skip
+                    new = NewEntry("bench:cost", "bench:cost", "v1", "item", size,
+                                   "girder://file/x", "/bench/cost")  # fmt: skip
+                    entry = index.ensure_entry(new, by_owner=me.owner_id)
                     n = blocks if not others else blocks // 10
                     started = time.perf_counter()
                     for b in range(n):

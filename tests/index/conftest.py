@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from wtfs_index import DEFAULT_LEASE, EntryRow, Index, Owner, entry_key, open_index
+from wtfs_index import DEFAULT_LEASE, EntryRow, Index, NewEntry, Owner, entry_key, open_index
 from wtfs_index.postgres import PostgresIndex
 from wtfs_index.sqlite import SqliteIndex
 
@@ -123,18 +123,9 @@ def new_entry(
 ) -> EntryRow:
     """The entry of version `version` of source `girder:<name>` (created empty if missing)."""
     source_key = f"girder:{name}"
-    return index.ensure_entry(
-        entry_key(source_key, version),
-        source_key=source_key,
-        version=version,
-        item_id=item_id or f"item-{name}",
-        size=size,
-        checksum=None,
-        content_hash=None,
-        source="girder:x",
-        path=f"/{name}",
-        by_owner=by_owner,
-    )
+    new = NewEntry(entry_key(source_key, version), source_key, version,
+                   item_id or f"item-{name}", size, "girder:x", f"/{name}")  # fmt: skip
+    return index.ensure_entry(new, by_owner=by_owner)
 
 
 def claim(index: Index, key: str, start: int, end: int, owner: Owner, capacity: int) -> int:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from girder_plugin_wtfs.download import CHUNK
 from wtfs_devgirder.control import LocalGirder
-from wtfs_index import DISCARD_AFTER, LockKind, Owner, TransferStatus
+from wtfs_index import DISCARD_AFTER, LockKind, NewEntry, Owner, TransferStatus
 
 from tests.plugin.conftest import (
     INDEX_URL,
@@ -370,10 +370,8 @@ def test_a_download_is_cut_short_when_the_store_drops_the_entry_meanwhile(
     item = private_tree.items["one/fa.txt"]
     size = 8 * CHUNK
     writer = Owner.current("writer")
-    entry = cluster.index.ensure_entry("girder:blob@1", source_key="girder:blob", version="1",
-                                       item_id=item, size=size, checksum=None, content_hash=None,
-                                       source="girder:x", path="/one/fa.txt",
-                                       by_owner=writer.owner_id)  # fmt: skip
+    new = NewEntry("girder:blob@1", "girder:blob", "1", item, size, "girder:x", "/one/fa.txt")
+    entry = cluster.index.ensure_entry(new, by_owner=writer.owner_id)
     path = cluster.store / "data" / entry.file_name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(os.urandom(size))

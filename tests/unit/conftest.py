@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from wtfs_index import EntryRow, Index, entry_key
+from wtfs_index import EntryRow, Index, NewEntry, entry_key
 from wtfs_index.owner import Owner
 
 from tests.support import owners
@@ -94,18 +94,9 @@ def key_of(name: str) -> str:
 
 def new_entry(index: Index, name: str, size: int, *, item_id: str | None = None) -> EntryRow:
     """The (empty) entry of `girder:<name>`, version v1: key `key_of(name)`."""
-    return index.ensure_entry(
-        key_of(name),
-        source_key=f"girder:{name}",
-        version="v1",
-        item_id=item_id or f"item-{name}",
-        size=size,
-        checksum=None,
-        content_hash=None,
-        source="girder:x",
-        path=f"/{name}",
-        by_owner="test",
-    )
+    new = NewEntry(key_of(name), f"girder:{name}", "v1", item_id or f"item-{name}", size,
+                   "girder:x", f"/{name}")  # fmt: skip
+    return index.ensure_entry(new, by_owner="test")
 
 
 FillEntry = Callable[..., EntryRow]

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from wtfs_index import Index, IndexUnavailable, LockKind, Owner, Ranges, entry_key
+from wtfs_index import Index, IndexUnavailable, LockKind, NewEntry, Owner, Ranges, entry_key
 
 from tests.support import owners
 from tests.unit.conftest import FillEntry
@@ -95,11 +95,9 @@ def test_verify_finds_a_same_size_overwrite_by_its_checksum(
     for name in ("zeroed", "kept", "no-checksum"):
         checksum = None if name == "no-checksum" else f"sha256:{hashlib.sha256(good).hexdigest()}"
         source_key = f"item:{name}"
-        entries[name] = entry = index.ensure_entry(
-            entry_key(source_key, "v1"), source_key=source_key, version="v1", item_id=name,
-            size=size, checksum=checksum, content_hash=checksum, source="local:///x",
-            path=f"/{name}", by_owner="test",
-        )  # fmt: skip
+        new = NewEntry(entry_key(source_key, "v1"), source_key, "v1", name, size, "local:///x",
+                       f"/{name}", checksum=checksum, content_hash=checksum)  # fmt: skip
+        entries[name] = entry = index.ensure_entry(new, by_owner="test")
         fd = store.open_file(entry.file_name, size)
         os.pwrite(fd, good, 0)
         os.close(fd)
@@ -148,10 +146,8 @@ def test_a_damaged_sqlite_index_is_moved_aside_and_a_fresh_one_started(
     local_store: Store,
 ) -> None:
     index = local_store.open_index()
-    entry = index.ensure_entry(
-        entry_key("girder:f", "v1"), source_key="girder:f", version="v1", item_id="i", size=4,
-        checksum=None, content_hash=None, source="girder:x", path="/f", by_owner="test",
-    )  # fmt: skip
+    new = NewEntry(entry_key("girder:f", "v1"), "girder:f", "v1", "i", 4, "girder:x", "/f")
+    entry = index.ensure_entry(new, by_owner="test")
     index.close()
     os.close(local_store.open_file(entry.file_name, 4))
     local_store.index_path.write_bytes(b"not a database, whatever it was " * 64)

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
-from wtfs_index import Index
+from wtfs_index import Index, NewEntry
 from wtfs_index.owner import Owner
 
 from tests.unit.conftest import FillEntry, key_of, new_entry
@@ -216,10 +216,8 @@ def test_an_old_version_whose_last_reader_died_goes_with_the_next_pass(
 ) -> None:
     old = fill_entry("k", 100)
     index.acquire_lock(old.item_id, "s", dead_owner, entry_key=old.key)
-    fresh = index.ensure_entry(
-        "girder:k@v2", source_key="girder:k", version="v2", item_id=old.item_id, size=100,
-        checksum=None, content_hash=None, source="girder:x", path="/k", by_owner=me.owner_id,
-    )  # fmt: skip
+    new = NewEntry("girder:k@v2", "girder:k", "v2", old.item_id, 100, "girder:x", "/k")
+    fresh = index.ensure_entry(new, by_owner=me.owner_id)
     assert fresh.unlink is None  # its reader (dead, not yet known to be) still holds it
     report = collect(index, store, POLICY, me)  # usage 100: below the start mark
     assert report.reclaimed["locks"] == 1

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from wtfs_index import Index, LockKind, Owner, open_index
+from wtfs_index import Index, LockKind, NewEntry, Owner, open_index
 
 from tests.index.conftest import past_server_grace
 
@@ -37,9 +37,8 @@ def me(index: Index) -> Owner:
 def filled(index: Index, me: Owner, key: str, item_id: str, size: int, version: str = "1") -> str:
     """An entry of `item_id` (source `girder:<key>`) with every byte present; its key."""
     entry_key = f"girder:{key}@{version}"
-    index.ensure_entry(entry_key, source_key=f"girder:{key}", version=version, item_id=item_id,
-                       size=size, checksum=None, content_hash=None, source="girder:x",
-                       path=f"/{key}", by_owner=me.owner_id)  # fmt: skip
+    new = NewEntry(entry_key, f"girder:{key}", version, item_id, size, "girder:x", f"/{key}")
+    index.ensure_entry(new, by_owner=me.owner_id)
     reservation = index.reserve(entry_key, 0, size, me, CAPACITY)
     assert reservation.claim_id is not None
     index.commit_range(reservation.claim_id, entry_key, 0, size)

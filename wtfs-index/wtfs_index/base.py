@@ -33,7 +33,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from wtfs_index.model import (
     ClaimRow,
@@ -45,6 +45,7 @@ from wtfs_index.model import (
     Heartbeat,
     LockKind,
     LockRow,
+    NewEntry,
     OwnerRow,
     PinState,
     Punch,
@@ -65,6 +66,7 @@ DEFAULT_LEASE = 20.0
 DISCARD_AFTER = 60.0
 
 Row = Mapping[str, Any]
+R = TypeVar("R")
 
 
 class Cursor(Protocol):
@@ -516,21 +518,8 @@ class Index(ABC):
             )
         return [_entry(r) for r in rows]
 
-    def ensure_entry(
-        self,
-        key: str,
-        *,
-        source_key: str,
-        version: str,
-        item_id: str,
-        size: int,
-        checksum: str | None,
-        content_hash: str | None,
-        source: str,
-        path: str,
-        by_owner: str,
-    ) -> EntryRow:
-        """The entry for `key`, created empty if missing (with a new, unique file name).
+    def ensure_entry(self, new: NewEntry, *, by_owner: str) -> EntryRow:
+        """The entry `new` describes, created empty if missing (with a new, unique file name).
 
         Creating one supersedes the other versions of the same source: those no lock holds are
         dropped now (the result's `unlink` names their files), the others when their last lock
@@ -538,51 +527,25 @@ class Index(ABC):
         `reclaim_dead` leave them in a batch for `orphan_unlinks`).
         """
         with self._write() as tx:
-            return self._ensure(tx, key, source_key, version, item_id, size, checksum,
-                                content_hash, source, path, by_owner)  # fmt: skip
+            return self._ensure(tx, new, by_owner)
 
     def open_entry(
-        self,
-        key: str,
-        *,
-        item_id: str,
-        session_id: str,
-        owner: Owner,
-        source_key: str,
-        version: str,
-        size: int,
-        checksum: str | None,
-        content_hash: str | None,
-        source: str,
-        path: str,
-        mountpoint: str | None = None,
+        self, new: NewEntry, *, session_id: str, owner: Owner, mountpoint: str | None = None
     ) -> tuple[int, EntryRow]:
-        """A reader's open in one transaction: a read lock on entry `key`, then the entry
-        (`ensure_entry`). Returns (lock id, entry as the lock found it)."""
+        """A reader's open in one transaction: a read lock on the entry `new` describes, then
+        the entry (`ensure_entry`). Returns (lock id, entry as the lock found it)."""
         with self._write() as tx:
             lock_id = tx.insert(
                 "INSERT INTO locks (item_id, entry_key, session_id, owner_id, kind, mountpoint,"
                 " path, created, expires) VALUES (?,?,?,?,?,?,?, {now}, NULL)",
-                (item_id, key, session_id, owner.owner_id, LockKind.READ, mountpoint, path),
-            )
-            entry = self._ensure(tx, key, source_key, version, item_id, size, checksum,
-                                 content_hash, source, path, owner.owner_id)  # fmt: skip
+                (new.item_id, new.key, session_id, owner.owner_id, LockKind.READ, mountpoint,
+                 new.path),
+            )  # fmt: skip
+            entry = self._ensure(tx, new, owner.owner_id)
             return lock_id, entry
 
-    def _ensure(
-        self,
-        tx: Tx,
-        key: str,
-        source_key: str,
-        version: str,
-        item_id: str,
-        size: int,
-        checksum: str | None,
-        content_hash: str | None,
-        source: str,
-        path: str,
-        by_owner: str,
-    ) -> EntryRow:
+    def _ensure(self, tx: Tx, new: NewEntry, by_owner: str) -> EntryRow:
+        key = new.key
         row = tx.one("SELECT * FROM entries WHERE key = ?", (key,))
         if row is not None:
             return _entry(row)
@@ -590,12 +553,12 @@ class Index(ABC):
         tx.execute(
             "INSERT INTO entries (key, source_key, version, content_hash, item_id, file_name,"
             " size, checksum, source, path, atime, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (key, source_key, version, content_hash, item_id, file_name, size, checksum,
-             source, path, time.time(), time.time()),
+            (key, new.source_key, new.version, new.content_hash, new.item_id, file_name,
+             new.size, new.checksum, new.source, new.path, time.time(), time.time()),
         )  # fmt: skip
         tx.execute(
             "UPDATE entries SET superseded = 1 WHERE source_key = ? AND key <> ?",
-            (source_key, key),
+            (new.source_key, key),
         )
         unlink = self._drop_superseded(tx, by_owner)
         created = tx.one("SELECT * FROM entries WHERE key = ?", (key,))
@@ -789,17 +752,7 @@ class Index(ABC):
             row = tx.one("SELECT present, item_id, path FROM entries WHERE key = ?", (key,))
             if row is None:
                 return
-            tx.execute(
-                "UPDATE entries SET ranges = ?, present = ?, complete = 0, gen = gen + 1"
-                " WHERE key = ?",
-                (ranges.to_json(), ranges.total, key),
-            )
-            tx.execute(
-                "INSERT INTO evictions (key, item_id, path, bytes, time, reason, by_owner)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (key, row["item_id"], row["path"], int(row["present"]) - ranges.total,
-                 time.time(), reason, by_owner),
-            )  # fmt: skip
+            _shrink(tx, key, row, ranges, reason, by_owner)
 
     # -- eviction and windows ----------------------------------------------------------------
 
@@ -864,7 +817,6 @@ class Index(ABC):
                 (LockKind.READ, LockKind.HOLD),
             )
             dropped = 0
-            now = time.time()
             for row in candidates:
                 if dropped >= needed:
                     break
@@ -896,17 +848,7 @@ class Index(ABC):
                     ranges.remove(start, end)
                     result.eviction.punches.append(Punch(str(row["file_name"]), start, end, key))
                     dropped += end - start
-                tx.execute(
-                    "UPDATE entries SET ranges = ?, present = ?, complete = 0, gen = gen + 1"
-                    " WHERE key = ?",
-                    (ranges.to_json(), ranges.total, key),
-                )
-                tx.execute(
-                    "INSERT INTO evictions (key, item_id, path, bytes, time, reason, by_owner)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    (key, row["item_id"], row["path"], int(row["present"]) - ranges.total, now,
-                     "window", owner_id),
-                )  # fmt: skip
+                _shrink(tx, key, row, ranges, "window", owner_id)
             if result.eviction.punches:
                 result.eviction.unlink_id = self._batch(tx, owner_id, result.eviction)
         return result
@@ -1202,6 +1144,21 @@ def droppable(ranges: Ranges, keep: Ranges, align: int, wanted: int) -> list[tup
     return chosen
 
 
+def _shrink(tx: Tx, key: str, row: Row, ranges: Ranges, reason: str, by_owner: str) -> None:
+    """Set entry `key`'s ranges to fewer than `row` (its `present`, `item_id`, `path`) had,
+    and record the bytes dropped as an eviction (`wtfs status` shows why they went)."""
+    tx.execute(
+        "UPDATE entries SET ranges = ?, present = ?, complete = 0, gen = gen + 1 WHERE key = ?",
+        (ranges.to_json(), ranges.total, key),
+    )
+    tx.execute(
+        "INSERT INTO evictions (key, item_id, path, bytes, time, reason, by_owner)"
+        " VALUES (?,?,?,?,?,?,?)",
+        (key, row["item_id"], row["path"], int(row["present"]) - ranges.total, time.time(),
+         reason, by_owner),
+    )  # fmt: skip
+
+
 def _ranges(row: Row) -> Ranges:
     return Ranges.from_json(row["ranges"], int(row["gen"]))
 
@@ -1216,24 +1173,40 @@ def _judge(row: Row, me: Owner) -> bool:
     )
 
 
+_CASTS: dict[str, Callable[[Any], Any]] = {"int": int, "float": float, "bool": bool}
+
+
+_Casts = tuple[tuple[str, Callable[[Any], Any] | None, bool], ...]
+_casts_of: dict[type[Any], _Casts] = {}
+
+
+def _casts(cls: type[Any]) -> _Casts:
+    """(field, cast, nullable) for each field of a record class, from its annotation: the
+    backends return integers, doubles and SQLite's 0/1 booleans in their own types."""
+    found = _casts_of.get(cls)
+    if found is None:
+        spelled = [(f.name, str(f.type)) for f in dataclasses.fields(cls)]
+        found = _casts_of[cls] = tuple(
+            (name, _CASTS.get(kind.removesuffix(" | None")), kind.endswith(" | None"))
+            for name, kind in spelled
+        )
+    return found
+
+
+def _record(cls: type[R], row: Row, **computed: Any) -> R:
+    """A record from a row whose columns are named as its fields, each cast to its annotated
+    type; `computed` holds the fields that are not plain columns."""
+    values = dict(computed)
+    for name, cast, nullable in _casts(cls):
+        if name in values:
+            continue
+        value = row[name]
+        values[name] = value if cast is None or (nullable and value is None) else cast(value)
+    return cls(**values)
+
+
 def _owner(row: Row, me: Owner) -> OwnerRow:
-    return OwnerRow(
-        owner_id=row["owner_id"],
-        kind=row["kind"],
-        host=row["host"],
-        boot_id=row["boot_id"],
-        pidns=row["pidns"],
-        pid=row["pid"],
-        pid_start=row["pid_start"],
-        mountpoint=row["mountpoint"],
-        session_id=row["session_id"],
-        session_origin=row["session_origin"],
-        started=float(row["started"]),
-        heartbeat=float(row["heartbeat"]),
-        expires=float(row["expires"]),
-        stats=json.loads(row["stats"]),
-        alive=_judge(row, me),
-    )
+    return _record(OwnerRow, row, stats=json.loads(row["stats"]), alive=_judge(row, me))
 
 
 def _lock(row: Row, me: Owner) -> LockRow:
@@ -1243,62 +1216,12 @@ def _lock(row: Row, me: Owner) -> LockRow:
         alive = False  # its owner row is gone
     else:
         alive = _judge(row, me)
-    return LockRow(
-        id=int(row["id"]),
-        item_id=row["item_id"],
-        entry_key=row["entry_key"],
-        session_id=row["session_id"],
-        owner_id=row["owner_id"],
-        kind=row["kind"],
-        pin_start=row["pin_start"],
-        pin_end=row["pin_end"],
-        mountpoint=row["mountpoint"],
-        path=row["path"],
-        created=float(row["created"]),
-        expires=None if row["expires"] is None else float(row["expires"]),
-        host=row["host"],
-        alive=alive,
-    )
+    return _record(LockRow, row, alive=alive)
 
 
 def _entry(row: Row) -> EntryRow:
-    return EntryRow(
-        key=row["key"],
-        source_key=row["source_key"],
-        version=row["version"],
-        item_id=row["item_id"],
-        file_name=row["file_name"],
-        size=int(row["size"]),
-        checksum=row["checksum"],
-        content_hash=row["content_hash"],
-        source=row["source"],
-        path=row["path"],
-        ranges=_ranges(row),
-        present=int(row["present"]),
-        complete=bool(row["complete"]),
-        windowed=bool(row["windowed"]),
-        superseded=bool(row["superseded"]),
-        atime=float(row["atime"]),
-    )
+    return _record(EntryRow, row, ranges=_ranges(row), unlink=None)
 
 
 def _transfer(row: Row) -> TransferRow:
-    return TransferRow(
-        id=int(row["id"]),
-        key=row["key"],
-        item_id=row["item_id"],
-        path=row["path"],
-        session_id=row["session_id"],
-        owner_id=row["owner_id"],
-        source=row["source"],
-        status=int(row["status"]),
-        size=int(row["size"]),
-        start_offset=int(row["start_offset"]),
-        transferred=int(row["transferred"]),
-        start_time=row["start_time"],
-        end_time=row["end_time"],
-        error=row["error"],
-        attempts=int(row["attempts"]),
-        created=float(row["created"]),
-        retry_requested=bool(row["retry_requested"]),
-    )
+    return _record(TransferRow, row)

@@ -50,6 +50,22 @@ def fingerprint(*parts: object) -> str:
 
 
 @dataclass(frozen=True)
+class NewEntry:
+    """An entry as its reader knows it before the store does: what `ensure_entry` and
+    `open_entry` create. The index adds the rest of `EntryRow` (file name, ranges, counters)."""
+
+    key: str
+    source_key: str
+    version: str
+    item_id: str
+    size: int
+    source: str
+    path: str
+    checksum: str | None = None
+    content_hash: str | None = None
+
+
+@dataclass(frozen=True)
 class EntryRow:
     key: str
     source_key: str

@@ -19,152 +19,33 @@ The URL's password never appears in a message (`redact`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 from psycopg.rows import dict_row, tuple_row
 
 from wtfs_index.base import DEFAULT_LEASE, SCHEMA_VERSION, Dialect, Index, Tx
 from wtfs_index.errors import IndexFailure, IndexRefused, IndexUnavailable
+from wtfs_index.schema import statements
 
 #: the advisory lock key that serialises writers (one store per database)
 WRITE_LOCK = 0x77746673  # "wtfs"
 CONNECT_TIMEOUT = 5  # seconds
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS owners (
-    owner_id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    host TEXT NOT NULL,
-    boot_id TEXT,
-    pidns TEXT,
-    pid BIGINT,
-    pid_start BIGINT,
-    mountpoint TEXT,
-    session_id TEXT,
-    session_origin TEXT,
-    started DOUBLE PRECISION NOT NULL,
-    heartbeat DOUBLE PRECISION NOT NULL,
-    expires DOUBLE PRECISION NOT NULL,
-    stats TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS entries (
-    key TEXT PRIMARY KEY,
-    source_key TEXT NOT NULL,
-    version TEXT NOT NULL,
-    content_hash TEXT,
-    item_id TEXT NOT NULL,
-    file_name TEXT NOT NULL UNIQUE,
-    size BIGINT NOT NULL,
-    checksum TEXT,
-    source TEXT NOT NULL,
-    path TEXT NOT NULL DEFAULT '',
-    ranges TEXT NOT NULL DEFAULT '[]',
-    gen BIGINT NOT NULL DEFAULT 0,
-    present BIGINT NOT NULL DEFAULT 0,
-    complete SMALLINT NOT NULL DEFAULT 0,
-    windowed SMALLINT NOT NULL DEFAULT 0,
-    superseded SMALLINT NOT NULL DEFAULT 0,
-    atime DOUBLE PRECISION NOT NULL,
-    created DOUBLE PRECISION NOT NULL
-);
-CREATE INDEX IF NOT EXISTS entries_atime_key_present ON entries(atime, key, present);
-CREATE INDEX IF NOT EXISTS entries_source ON entries(source_key);
--- Older versions waiting for their last lock to go: few, looked for on every new entry.
-CREATE INDEX IF NOT EXISTS entries_superseded ON entries(key) WHERE superseded = 1;
-CREATE INDEX IF NOT EXISTS entries_hash ON entries(content_hash) WHERE content_hash IS NOT NULL;
-CREATE TABLE IF NOT EXISTS locks (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    item_id TEXT NOT NULL,
-    entry_key TEXT,
-    session_id TEXT NOT NULL,
-    owner_id TEXT NOT NULL,
-    kind TEXT NOT NULL DEFAULT 'read',
-    pin_start BIGINT,
-    pin_end BIGINT,
-    mountpoint TEXT,
-    path TEXT,
-    created DOUBLE PRECISION NOT NULL,
-    expires DOUBLE PRECISION
-);
-CREATE INDEX IF NOT EXISTS locks_item ON locks(item_id);
-CREATE INDEX IF NOT EXISTS locks_entry ON locks(entry_key);
-CREATE INDEX IF NOT EXISTS locks_owner ON locks(owner_id);
-CREATE INDEX IF NOT EXISTS locks_session ON locks(session_id);
-CREATE TABLE IF NOT EXISTS claims (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    key TEXT NOT NULL,
-    span_start BIGINT NOT NULL,
-    span_end BIGINT NOT NULL,
-    bytes BIGINT NOT NULL,
-    owner_id TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS claims_key ON claims(key);
-CREATE TABLE IF NOT EXISTS transfers (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    key TEXT NOT NULL,
-    item_id TEXT NOT NULL,
-    path TEXT NOT NULL,
-    session_id TEXT NOT NULL,
-    owner_id TEXT NOT NULL,
-    source TEXT NOT NULL,
-    status SMALLINT NOT NULL,
-    size BIGINT NOT NULL,
-    start_offset BIGINT NOT NULL DEFAULT 0,
-    transferred BIGINT NOT NULL DEFAULT 0,
-    start_time DOUBLE PRECISION,
-    end_time DOUBLE PRECISION,
-    error TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created DOUBLE PRECISION NOT NULL,
-    retry_requested SMALLINT NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS transfers_status ON transfers(status);
-CREATE TABLE IF NOT EXISTS evictions (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    key TEXT NOT NULL,
-    item_id TEXT NOT NULL,
-    path TEXT NOT NULL,
-    bytes BIGINT NOT NULL,
-    time DOUBLE PRECISION NOT NULL,
-    reason TEXT NOT NULL,
-    by_owner TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS unlinking (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    owner_id TEXT NOT NULL,
-    bytes BIGINT NOT NULL,
-    files TEXT NOT NULL,
-    punches TEXT NOT NULL DEFAULT '[]',
-    time DOUBLE PRECISION NOT NULL
-);
--- Spans of an unlinking batch not punched yet: nobody may fetch them again meanwhile.
-CREATE TABLE IF NOT EXISTS punching (
-    batch_id BIGINT NOT NULL,
-    key TEXT NOT NULL,
-    span_start BIGINT NOT NULL,
-    span_end BIGINT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS punching_key ON punching(key);
-CREATE INDEX IF NOT EXISTS punching_batch ON punching(batch_id);
-CREATE TABLE IF NOT EXISTS failures (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    time DOUBLE PRECISION NOT NULL,
-    kind TEXT NOT NULL,
-    key TEXT,
-    cause TEXT NOT NULL,
-    owner_id TEXT NOT NULL
-)
-"""
 
 
 class PostgresDialect(Dialect):
     name = "postgresql"
     now = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
     greatest = "GREATEST"
+    #: the column types `wtfs_index.schema` leaves to the backend
+    types: ClassVar[Mapping[str, str]] = {
+        "id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "real": "DOUBLE PRECISION",
+        "big": "BIGINT",
+        "small": "SMALLINT",
+    }
 
     def __init__(self, lease: float) -> None:
         self.lease = lease
@@ -213,9 +94,8 @@ class PostgresIndex(Index):
                     f"{self._shown}: index schema {version} is newer than this wtfs knows "
                     f"({SCHEMA_VERSION}); upgrade wtfs"
                 )
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    tx.execute(statement)
+            for statement in statements(self.dialect.types):
+                tx.execute(statement)
             self._set_meta(tx, "schema_version", str(SCHEMA_VERSION))
 
     def describe(self) -> str:

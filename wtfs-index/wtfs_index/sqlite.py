@@ -15,14 +15,15 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from wtfs_index.base import DEFAULT_LEASE, SCHEMA_VERSION, Dialect, Index, Tx
 from wtfs_index.errors import IndexDamaged, IndexFailure, IndexFull, IndexRefused, IndexUnavailable
 from wtfs_index.owner import is_alive
+from wtfs_index.schema import statements
 
 INDEX_FILE = "index.sqlite3"
 EVICT_CACHE_KIB = 16 * 1024  # SQLite page cache during an eviction (see evict_lru)
@@ -41,140 +42,18 @@ SHARED_FILESYSTEMS = {
     0x47504653: "GPFS",
 }
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS owners (
-    owner_id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    host TEXT NOT NULL,
-    boot_id TEXT,
-    pidns TEXT,
-    pid INTEGER,
-    pid_start INTEGER,
-    mountpoint TEXT,
-    session_id TEXT,
-    session_origin TEXT,
-    started REAL NOT NULL,
-    heartbeat REAL NOT NULL,
-    expires REAL NOT NULL,
-    stats TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS entries (
-    key TEXT PRIMARY KEY,
-    source_key TEXT NOT NULL,
-    version TEXT NOT NULL,
-    content_hash TEXT,
-    item_id TEXT NOT NULL,
-    file_name TEXT NOT NULL UNIQUE,
-    size INTEGER NOT NULL,
-    checksum TEXT,
-    source TEXT NOT NULL,
-    path TEXT NOT NULL DEFAULT '',
-    ranges TEXT NOT NULL DEFAULT '[]',
-    gen INTEGER NOT NULL DEFAULT 0,
-    present INTEGER NOT NULL DEFAULT 0,
-    complete INTEGER NOT NULL DEFAULT 0,
-    windowed INTEGER NOT NULL DEFAULT 0,
-    superseded INTEGER NOT NULL DEFAULT 0,
-    atime REAL NOT NULL,
-    created REAL NOT NULL
-);
--- The LRU order of eviction, and present for usage() (SUM(present) reads this index, not the
--- table).
-CREATE INDEX IF NOT EXISTS entries_atime_key_present ON entries(atime, key, present);
-CREATE INDEX IF NOT EXISTS entries_source ON entries(source_key);
--- Older versions waiting for their last lock to go: few, looked for on every new entry.
-CREATE INDEX IF NOT EXISTS entries_superseded ON entries(key) WHERE superseded = 1;
-CREATE INDEX IF NOT EXISTS entries_hash ON entries(content_hash) WHERE content_hash IS NOT NULL;
-CREATE TABLE IF NOT EXISTS locks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    item_id TEXT NOT NULL,
-    entry_key TEXT,
-    session_id TEXT NOT NULL,
-    owner_id TEXT NOT NULL,
-    kind TEXT NOT NULL DEFAULT 'read',
-    pin_start INTEGER,
-    pin_end INTEGER,
-    mountpoint TEXT,
-    path TEXT,
-    created REAL NOT NULL,
-    expires REAL
-);
-CREATE INDEX IF NOT EXISTS locks_item ON locks(item_id);
-CREATE INDEX IF NOT EXISTS locks_entry ON locks(entry_key);
-CREATE INDEX IF NOT EXISTS locks_owner ON locks(owner_id);
-CREATE INDEX IF NOT EXISTS locks_session ON locks(session_id);
-CREATE TABLE IF NOT EXISTS claims (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL,
-    span_start INTEGER NOT NULL,
-    span_end INTEGER NOT NULL,
-    bytes INTEGER NOT NULL,
-    owner_id TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS claims_key ON claims(key);
-CREATE TABLE IF NOT EXISTS transfers (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL,
-    item_id TEXT NOT NULL,
-    path TEXT NOT NULL,
-    session_id TEXT NOT NULL,
-    owner_id TEXT NOT NULL,
-    source TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    start_offset INTEGER NOT NULL DEFAULT 0,
-    transferred INTEGER NOT NULL DEFAULT 0,
-    start_time REAL,
-    end_time REAL,
-    error TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL,
-    retry_requested INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS transfers_status ON transfers(status);
-CREATE TABLE IF NOT EXISTS evictions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL,
-    item_id TEXT NOT NULL,
-    path TEXT NOT NULL,
-    bytes INTEGER NOT NULL,
-    time REAL NOT NULL,
-    reason TEXT NOT NULL,
-    by_owner TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS unlinking (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    owner_id TEXT NOT NULL,
-    bytes INTEGER NOT NULL,
-    files TEXT NOT NULL,
-    punches TEXT NOT NULL DEFAULT '[]',
-    time REAL NOT NULL
-);
--- Spans of an unlinking batch not punched yet: nobody may fetch them again meanwhile.
-CREATE TABLE IF NOT EXISTS punching (
-    batch_id INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    span_start INTEGER NOT NULL,
-    span_end INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS punching_key ON punching(key);
-CREATE INDEX IF NOT EXISTS punching_batch ON punching(batch_id);
-CREATE TABLE IF NOT EXISTS failures (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time REAL NOT NULL,
-    kind TEXT NOT NULL,
-    key TEXT,
-    cause TEXT NOT NULL,
-    owner_id TEXT NOT NULL
-)
-"""
-
 
 class SqliteDialect(Dialect):
     name = "sqlite"
     now = "((julianday('now') - 2440587.5) * 86400.0)"
     greatest = "MAX"
+    #: the column types `wtfs_index.schema` leaves to the backend
+    types: ClassVar[Mapping[str, str]] = {
+        "id": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "real": "REAL",
+        "big": "INTEGER",
+        "small": "INTEGER",
+    }
 
     def in_list(self, column: str) -> str:
         return f"{column} IN (SELECT value FROM json_each(?))"
@@ -285,9 +164,8 @@ class SqliteIndex(Index):
                 )
             if version == 1:
                 _migrate_from_1(tx)
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    tx.execute(statement)
+            for statement in statements(SqliteDialect.types):
+                tx.execute(statement)
             self._set_meta(tx, "schema_version", str(SCHEMA_VERSION))
 
     def close(self) -> None:
@@ -414,9 +292,8 @@ def _migrate_from_1(tx: Tx) -> None:
         "DROP TABLE unlinking",
     ):
         tx.execute(statement)
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            tx.execute(statement)
+    for statement in statements(SqliteDialect.types):
+        tx.execute(statement)
     batches = [(present, files), *((int(b["bytes"]), json.loads(b["files"])) for b in old_batches)]
     for size, names in batches:
         if names:

@@ -439,11 +439,10 @@ def _check_entry(
     except FileNotFoundError:
         return False
     if size != entry.size:
-        finding = report.add("wrong-size", entry.key, f"its data file has {size} bytes, the "
-                             f"entry {entry.size}", entry.path)  # fmt: skip
+        detail = f"its data file has {size} bytes, the entry {entry.size}"
         if fix:
             _delete(store, index, me, entry, "damaged: file size changed")
-            finding.action = "entry and file deleted (fetched again when read)"
+        report.add("wrong-size", entry.key, detail, entry.path).action = _deleted(fix)
         return False
     kept = Ranges(entry.ranges)
     kept.remove(entry.size, max(entry.size, _end(entry.ranges)))
@@ -493,11 +492,10 @@ def _verify(
         report.notes.append(f"{entry.path or entry.key}: unknown checksum algorithm {algo!r}")
         return False
     if actual != expected.lower():
-        finding = report.add("checksum", entry.key, f"{algo} of its data file is "
-                             f"{actual[:16]}…, expected {expected[:16]}…", entry.path)  # fmt: skip
+        detail = f"{algo} of its data file is {actual[:16]}…, expected {expected[:16]}…"
         if fix:
             _delete(store, index, me, entry, "checksum mismatch (fsck)")
-            finding.action = "entry and file deleted (fetched again when read)"
+        report.add("checksum", entry.key, detail, entry.path).action = _deleted(fix)
     return True
 
 
@@ -506,6 +504,11 @@ def _delete(store: Store, index: Index, me: Owner, entry: EntryRow, reason: str)
     store.apply(eviction)
     if eviction.unlink_id is not None:
         index.finish_unlink(eviction.unlink_id)
+
+
+def _deleted(fix: bool) -> str:
+    """A finding's action after `_delete`, when it ran."""
+    return "entry and file deleted (fetched again when read)" if fix else ""
 
 
 def _end(ranges: Ranges) -> int:

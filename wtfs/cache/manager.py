@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 import trio
-from wtfs_index import EntryRow, LockKind, Owner, Ranges
+from wtfs_index import EntryRow, LockKind, NewEntry, Owner, Ranges
 
 from wtfs.cache.aindex import AsyncIndex
 from wtfs.cache.entry import FileRef, Handle, LiveEntry
@@ -376,13 +376,11 @@ class CacheManager:
         """A read lock on `ref`'s entry, and the entry (created if missing), in one
         transaction."""
         run = self.index.run_retrying if retrying else self.index.run
-        return await run(
-            self.index.sync.open_entry, ref.key, item_id=ref.item_id,
-            session_id=self.session_id, owner=self.owner, source_key=ref.source_key,
-            version=ref.version, size=ref.size, checksum=ref.source.checksum,
-            content_hash=ref.content_hash, source=redact_url(ref.source.url),
-            path=ref.path, mountpoint=self.mountpoint,
-        )  # fmt: skip
+        new = NewEntry(ref.key, ref.source_key, ref.version, ref.item_id, ref.size,
+                       redact_url(ref.source.url), ref.path, ref.source.checksum,
+                       ref.content_hash)  # fmt: skip
+        return await run(self.index.sync.open_entry, new, session_id=self.session_id,
+                         owner=self.owner, mountpoint=self.mountpoint)  # fmt: skip
 
     async def _open_waiting(self, ref: FileRef, first: IndexUnavailable) -> tuple[int, EntryRow]:
         """The index cannot be reached and the file is not complete here: wait for the index

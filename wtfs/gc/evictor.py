@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 from wtfs_index import Evicted, Eviction, Index, Owner
 
@@ -61,18 +62,19 @@ class GcReport:
         return sum(e.bytes for e in self.evicted)
 
 
+class PassOptions(TypedDict, total=False):
+    """`needed` > 0: a fetch is waiting for that many bytes (pressure); `force`: evict down to
+    the end mark even below the start mark (`wtfs gc`)."""
+
+    needed: int
+    force: bool
+
+
 def collect(
-    index: Index,
-    store: Store,
-    policy: GcPolicy,
-    me: Owner,
-    *,
-    needed: int = 0,
-    force: bool = False,
+    index: Index, store: Store, policy: GcPolicy, me: Owner, **options: Unpack[PassOptions]
 ) -> GcReport:
-    """One pass. `needed` > 0: a fetch is waiting for that many bytes (pressure)."""
-    report = evict(index, store, policy, me, needed=needed, force=force)
-    return finish(index, store, report)
+    """One whole pass, blocking: `evict`, then `finish` (the unlinks and their bytes)."""
+    return finish(index, store, evict(index, store, policy, me, **options))
 
 
 def evict(

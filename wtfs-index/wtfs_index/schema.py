@@ -1,0 +1,144 @@
+"""The index's tables, written once for both backends.
+
+A backend's dialect fills in the column types it spells differently (`Dialect.types`): an
+identity key, a double, a 64-bit and a 16-bit integer. SQLite's affinity stores every integer in
+up to 64 bits, so one text serves both, and a column added here is added on both at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS owners (
+    owner_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    host TEXT NOT NULL,
+    boot_id TEXT,
+    pidns TEXT,
+    pid {big},
+    pid_start {big},
+    mountpoint TEXT,
+    session_id TEXT,
+    session_origin TEXT,
+    started {real} NOT NULL,
+    heartbeat {real} NOT NULL,
+    expires {real} NOT NULL,
+    stats TEXT NOT NULL DEFAULT '{{}}'
+);
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    source_key TEXT NOT NULL,
+    version TEXT NOT NULL,
+    content_hash TEXT,
+    item_id TEXT NOT NULL,
+    file_name TEXT NOT NULL UNIQUE,
+    size {big} NOT NULL,
+    checksum TEXT,
+    source TEXT NOT NULL,
+    path TEXT NOT NULL DEFAULT '',
+    ranges TEXT NOT NULL DEFAULT '[]',
+    gen {big} NOT NULL DEFAULT 0,
+    present {big} NOT NULL DEFAULT 0,
+    complete {small} NOT NULL DEFAULT 0,
+    windowed {small} NOT NULL DEFAULT 0,
+    superseded {small} NOT NULL DEFAULT 0,
+    atime {real} NOT NULL,
+    created {real} NOT NULL
+);
+-- The LRU order of eviction, and present for usage() (SUM(present) reads this index, not the
+-- table).
+CREATE INDEX IF NOT EXISTS entries_atime_key_present ON entries(atime, key, present);
+CREATE INDEX IF NOT EXISTS entries_source ON entries(source_key);
+-- Older versions waiting for their last lock to go: few, looked for on every new entry.
+CREATE INDEX IF NOT EXISTS entries_superseded ON entries(key) WHERE superseded = 1;
+CREATE INDEX IF NOT EXISTS entries_hash ON entries(content_hash) WHERE content_hash IS NOT NULL;
+CREATE TABLE IF NOT EXISTS locks (
+    id {id},
+    item_id TEXT NOT NULL,
+    entry_key TEXT,
+    session_id TEXT NOT NULL,
+    owner_id TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'read',
+    pin_start {big},
+    pin_end {big},
+    mountpoint TEXT,
+    path TEXT,
+    created {real} NOT NULL,
+    expires {real}
+);
+CREATE INDEX IF NOT EXISTS locks_item ON locks(item_id);
+CREATE INDEX IF NOT EXISTS locks_entry ON locks(entry_key);
+CREATE INDEX IF NOT EXISTS locks_owner ON locks(owner_id);
+CREATE INDEX IF NOT EXISTS locks_session ON locks(session_id);
+CREATE TABLE IF NOT EXISTS claims (
+    id {id},
+    key TEXT NOT NULL,
+    span_start {big} NOT NULL,
+    span_end {big} NOT NULL,
+    bytes {big} NOT NULL,
+    owner_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS claims_key ON claims(key);
+CREATE TABLE IF NOT EXISTS transfers (
+    id {id},
+    key TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    owner_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    status {small} NOT NULL,
+    size {big} NOT NULL,
+    start_offset {big} NOT NULL DEFAULT 0,
+    transferred {big} NOT NULL DEFAULT 0,
+    start_time {real},
+    end_time {real},
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created {real} NOT NULL,
+    retry_requested {small} NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS transfers_status ON transfers(status);
+CREATE TABLE IF NOT EXISTS evictions (
+    id {id},
+    key TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    bytes {big} NOT NULL,
+    time {real} NOT NULL,
+    reason TEXT NOT NULL,
+    by_owner TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS unlinking (
+    id {id},
+    owner_id TEXT NOT NULL,
+    bytes {big} NOT NULL,
+    files TEXT NOT NULL,
+    punches TEXT NOT NULL DEFAULT '[]',
+    time {real} NOT NULL
+);
+-- Spans of an unlinking batch not punched yet: nobody may fetch them again meanwhile.
+CREATE TABLE IF NOT EXISTS punching (
+    batch_id {big} NOT NULL,
+    key TEXT NOT NULL,
+    span_start {big} NOT NULL,
+    span_end {big} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS punching_key ON punching(key);
+CREATE INDEX IF NOT EXISTS punching_batch ON punching(batch_id);
+CREATE TABLE IF NOT EXISTS failures (
+    id {id},
+    time {real} NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT,
+    cause TEXT NOT NULL,
+    owner_id TEXT NOT NULL
+)
+"""
+
+
+def statements(types: Mapping[str, str]) -> list[str]:
+    """The schema's statements (idempotent: `IF NOT EXISTS`), with `types` filled in."""
+    return [s for s in TABLES.format(**types).split(";") if s.strip()]
