@@ -765,12 +765,18 @@ def _fill_index(index: Any, n: int, size: int) -> list[str]:
     return [row[4] for row in rows]
 
 
+GC_TARGET = 0.5
+
+
 def gc(ctx: Context) -> list[Row]:
-    """`wtfs.gc.evictor.collect` over an index of 100,000 entries, on SQLite and PostgreSQL."""
+    """A GC pass over an index of 100,000 entries, on SQLite and PostgreSQL, in the daemon's
+    steps (wtfs.gc.scheduler): `evict` (the index's half: reclaim, choose, delete the rows;
+    what the pass holds the index for) timed apart from `unlink` + `finish` (the files, then
+    the capacity count released)."""
     from wtfs_index import Owner
 
     from wtfs.cache.store import Store
-    from wtfs.gc.evictor import GcPolicy, collect
+    from wtfs.gc.evictor import GcPolicy, collect, evict, finish, unlink
 
     n, size = GC_ENTRIES, GC_SIZE
     usage = n * size
@@ -779,8 +785,10 @@ def gc(ctx: Context) -> list[Row]:
     base = fresh_dir(WORK / "gc")
     for backend in ("sqlite", "postgres"):
         evict_t: list[float] = []
+        done_t: list[float] = []
         noop_t: list[float] = []
         evicted_n: list[int] = []
+        kept: list[bool] = []
         for r in range(ctx.repeat):
             run = fresh_dir(base / f"{backend}-{r}")
             store = Store(run)
@@ -796,31 +804,51 @@ def gc(ctx: Context) -> list[Row]:
                 report = collect(index, store, GcPolicy(usage * 2, 0.9, 0.5), me)
                 noop_t.append(time.perf_counter() - started)
                 assert not report.evicted
+                policy = GcPolicy(int(usage / 0.95), 0.9, 0.5)
                 started = time.perf_counter()
-                report = collect(index, store, GcPolicy(int(usage / 0.95), 0.9, 0.5), me)
+                report = evict(index, store, policy, me)
                 evict_t.append(time.perf_counter() - started)
+                # the evicted bytes still count until `finish`: no fetch may use that room yet
+                # (this check's own time is left out of the figure below)
+                checked = time.perf_counter()
+                kept.append(index.usage() == report.usage_before)
+                started += time.perf_counter() - checked
+                unlink(store, report)
+                report = finish(index, store, report, unlinked=True)
+                done_t.append(time.perf_counter() - started)
                 evicted_n.append(len(report.evicted))
                 left = sum(len(files) for _, _, files in os.walk(store.data))
                 if left != n - len(report.evicted):
                     ctx.note(f"gc {backend}: {left} store files left, expected "
                              f"{n - len(report.evicted)}")  # fmt: skip
+                if report.usage_after != (n - len(report.evicted)) * size:
+                    ctx.note(f"gc {backend}: usage {report.usage_after} after the pass, "
+                             f"expected {(n - len(report.evicted)) * size}")  # fmt: skip
             finally:
                 index.close()
                 shutil.rmtree(run, ignore_errors=True)
-            log(f"gc {backend} run {r + 1}: no-op {noop_t[-1] * 1000:.0f} ms, eviction "
-                f"{evict_t[-1] * 1000:.0f} ms ({evicted_n[-1]} entries evicted)")  # fmt: skip
+            log(f"gc {backend} run {r + 1}: no-op {noop_t[-1] * 1000:.0f} ms, eviction: index "
+                f"half {evict_t[-1] * 1000:.0f} ms, unlinks done at {done_t[-1] * 1000:.0f} ms "
+                f"({evicted_n[-1]} entries evicted)")  # fmt: skip
         ctx.note(
             f"gc {backend}: the eviction pass evicted {median(evicted_n):.0f} of {n} entries "
-            f"(95 % → 50 % of capacity) and unlinked their files; runs "
+            f"(95 % → 50 % of capacity); its index half (`evict`) took "
             + ", ".join(f"{t:.2f}" for t in evict_t)
-            + " s"
+            + " s, its unlinks were done (`unlink` + `finish`) at "
+            + ", ".join(f"{t:.2f}" for t in done_t)
+            + " s; the capacity count kept the evicted bytes until `finish` in "
+            + f"{sum(kept)} of {len(kept)} runs"
         )
         name = "SQLite" if backend == "sqlite" else "PostgreSQL"
+        crit, done, noop = median(evict_t), median(done_t), median(noop_t)
         rows += [
-            Row(f"6a. GC eviction pass over 100,000 entries ({name})",
-                f"{median(evict_t):.2f} s", "–", None, "< 1 s", median(evict_t) < 1),
+            Row(f"6a. GC eviction pass over 100,000 entries, critical path: the index's half "
+                f"({name})", f"{crit:.2f} s", "–", None, f"< {GC_TARGET:g} s",
+                crit < GC_TARGET and all(kept)),
+            Row(f"6a'. the same, until every unlink is done and counted (info; {name})",
+                f"{done:.2f} s"),
             Row(f"6b. GC no-op pass over 100,000 entries ({name})",
-                f"{median(noop_t) * 1000:.0f} ms", "–", None, "< 1 s", median(noop_t) < 1),
+                f"{noop * 1000:.0f} ms", "–", None, f"< {GC_TARGET:g} s", noop < GC_TARGET),
         ]  # fmt: skip
     shutil.rmtree(base, ignore_errors=True)
     return rows
