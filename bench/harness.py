@@ -510,7 +510,7 @@ def start_rclone(
 
 
 def dd(path: Path, block: str = "1M", timeout: float = 1200) -> tuple[int, float]:
-    """`dd if=path of=/dev/null bs=1M`: (bytes, seconds). Raises with dd's stderr on failure."""
+    """`dd if=path of=/dev/null bs=block`: (bytes, seconds). Raises with dd's stderr on failure."""
     started = time.perf_counter()
     result = subprocess.run(
         ["dd", f"if={path}", "of=/dev/null", f"bs={block}"],
@@ -592,6 +592,18 @@ def random_reads(
             if data != os.pread(src.fileno(), 4096, offset):
                 raise RuntimeError(f"{path}: wrong bytes at offset {offset}")
     return samples
+
+
+def extents(path: Path) -> int:
+    """The file's extent count as `filefrag` reports it (ext4 splits even a freshly
+    fallocated file at its block groups' metadata, ~128 MiB apart). Syncs first: delayed
+    allocation places a freshly written file's blocks only at writeback."""
+    os.sync()
+    result = subprocess.run(["filefrag", str(path)], capture_output=True, text=True, check=True)
+    match = re.search(r"(\d+) extents? found", result.stdout)
+    if not match:
+        raise RuntimeError(f"filefrag {path}: {result.stdout.strip()} {result.stderr.strip()}")
+    return int(match.group(1))
 
 
 class RssSampler:
