@@ -10,6 +10,7 @@ in the environment of the child that needs them, never on a command line.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import random
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -569,19 +571,23 @@ def mbps(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 1e6 if seconds > 0 else float("nan")
 
 
+def random_offsets(size: int, count: int, block: int, seed: int) -> list[int]:
+    """`count` random offsets, each in a distinct `block`-sized block, 4 KiB from its end."""
+    rng = random.Random(seed)
+    blocks = rng.sample(range(size // block), count)
+    return [b * block + rng.randrange(0, block - 4096) for b in blocks]
+
+
 def random_reads(
     path: Path, size: int, count: int, block: int, source: Path, seed: int
 ) -> list[float]:
-    """`count` × (open + 4 KiB pread + close) at random offsets in distinct `block`-sized blocks.
+    """`count` × (open + 4 KiB pread + close) at `random_offsets(size, count, block, seed)`.
 
     Returns seconds per sample; every answer is checked against the source bytes.
     """
-    rng = random.Random(seed)
-    blocks = rng.sample(range(size // block), count)
     samples = []
     with open(source, "rb") as src:
-        for b in blocks:
-            offset = b * block + rng.randrange(0, block - 4096)
+        for offset in random_offsets(size, count, block, seed):
             started = time.perf_counter()
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -591,6 +597,47 @@ def random_reads(
             samples.append(time.perf_counter() - started)
             if data != os.pread(src.fileno(), 4096, offset):
                 raise RuntimeError(f"{path}: wrong bytes at offset {offset}")
+    return samples
+
+
+def range_round_trips(
+    url: str, header_file: Path, offsets: Sequence[int], source: Path, length: int = 4096
+) -> list[float]:
+    """One GET with `Range: bytes=o-(o+length-1)` per offset on one kept-alive HTTP connection
+    (`http.client`; the token header from `header_file`): seconds per request, from sending it
+    to the last byte of the body. A first, untimed request opens the connection (and checks
+    that the server answers 206 and keeps it alive). Every answer is checked against `source`.
+    """
+    parts = urllib.parse.urlsplit(url)
+    name, _, value = header_file.read_text().strip().partition(":")
+    headers = {name.strip(): value.strip()}
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+
+    def get(offset: int) -> bytes:
+        wanted = {**headers, "Range": f"bytes={offset}-{offset + length - 1}"}
+        conn.request("GET", target, headers=wanted)
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 206 or response.will_close:
+            raise RuntimeError(
+                f"GET {target} Range: HTTP {response.status}, "
+                f"{'closes' if response.will_close else 'keeps'} the connection"
+            )
+        return body
+
+    samples = []
+    try:
+        with open(source, "rb") as src:
+            get(0)
+            for offset in offsets:
+                started = time.perf_counter()
+                body = get(offset)
+                samples.append(time.perf_counter() - started)
+                if body != os.pread(src.fileno(), length, offset):
+                    raise RuntimeError(f"{url}: wrong bytes at offset {offset}")
+    finally:
+        conn.close()
     return samples
 
 
