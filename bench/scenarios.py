@@ -191,7 +191,8 @@ def _measure_cached(
             drop_caches()
             nbytes, seconds = dd(store_file, bs)
             native[bs].append(mbps(nbytes, seconds))
-        nbytes, seconds = dd(target)  # the file is in the page cache now (keep_cache)
+        dd(target)  # through wtfs into the page cache (the last read above was the store file's)
+        nbytes, seconds = dd(target)  # now from the page cache (keep_cache)
         warm.append(mbps(nbytes, seconds))
         log(
             f"cached ({label}) run {r + 1}: "
