@@ -174,8 +174,12 @@ class Space:
         """Whether the room this process could not make is on its way: another process's GC
         pass has chosen its victims and is unlinking them (their bytes are counted until it
         has), or room was made since this one looked. (Seen under load: the two daemons' passes
-        overlap, and the second finds nothing left to evict while the first's unlinks run.)"""
-        return summary.unlinking > 0 or summary.usage + needed <= self.capacity
+        overlap, and the second finds nothing left to evict while the first's unlinks run.)
+        Room in the count is no room when the disk has none: waiting then would only grow the
+        index, a transaction per look, on the very disk that is full."""
+        if summary.unlinking > 0:
+            return True
+        return summary.usage + needed <= self.capacity and needed <= self.disk_room()
 
     async def window(self, needed: int) -> tuple[int, int]:
         """Drop bytes of read-locked entries outside their readers' pins. (freed, awaiting)."""
