@@ -14,7 +14,7 @@ import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 import trio
 from wtfs_index import Index, IndexFailure
@@ -24,6 +24,7 @@ from wtfs.errors import DiskFull, IndexUnavailable, from_index
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 #: backoff between attempts while the index cannot be reached (seconds)
 RETRY_BASE = 0.1
@@ -43,7 +44,7 @@ class AsyncIndex:
         #: makes room on the store's disk (the GC); True when it freed any. Set by the cache.
         self.on_full: Callable[[], Awaitable[bool]] | None = None
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await self.run_direct(fn, *args, **kwargs)
         except DiskFull as exc:
@@ -59,7 +60,7 @@ class AsyncIndex:
                 raise
             return await self.run_direct(fn, *args, **kwargs)
 
-    async def run_direct(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run_direct(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """As `run`, without making room on a full disk: for the GC's own calls, which hold
         the lock that making room would take again."""
         try:
@@ -74,7 +75,7 @@ class AsyncIndex:
         self.unreachable = None
         return result
 
-    async def run_retrying(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run_retrying(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """As `run`, trying again with backoff while the index cannot be reached (a database
         server restarting). The caller's deadline bounds it; the last cause names the index."""
         attempt = 0

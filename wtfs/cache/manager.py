@@ -376,10 +376,7 @@ class CacheManager:
         """A read lock on `ref`'s entry, and the entry (created if missing), in one
         transaction."""
         run = self.index.run_retrying if retrying else self.index.run
-        new = NewEntry(ref.key, ref.source_key, ref.version, ref.item_id, ref.size,
-                       redact_url(ref.source.url), ref.path, ref.source.checksum,
-                       ref.content_hash)  # fmt: skip
-        return await run(self.index.sync.open_entry, new, session_id=self.session_id,
+        return await run(self.index.sync.open_entry, _new_entry(ref), session_id=self.session_id,
                          owner=self.owner, mountpoint=self.mountpoint)  # fmt: skip
 
     async def _open_waiting(self, ref: FileRef, first: IndexUnavailable) -> tuple[int, EntryRow]:
@@ -474,11 +471,8 @@ class CacheManager:
     async def _load_entry(self, ref: FileRef, row: EntryRow | None) -> LiveEntry:
         if row is None:
             row = await self.index.run(
-                self.index.sync.ensure_entry, ref.key, source_key=ref.source_key,
-                version=ref.version, item_id=ref.item_id, size=ref.size,
-                checksum=ref.source.checksum, content_hash=ref.content_hash,
-                source=redact_url(ref.source.url), path=ref.path, by_owner=self.owner.owner_id,
-            )  # fmt: skip
+                self.index.sync.ensure_entry, _new_entry(ref), by_owner=self.owner.owner_id
+            )
             if row.unlink is not None:
                 await self.space.settle(row.unlink)
         fd = await trio.to_thread.run_sync(self.store.open_file, row.file_name, ref.size)
@@ -1061,3 +1055,10 @@ class _EntryTarget:
 
 
 __all__ = ["CacheManager", "CacheSettings", "FileRef", "Handle", "LiveEntry", "Ranges"]
+
+
+def _new_entry(ref: FileRef) -> NewEntry:
+    """The index's view of the entry `ref` reads (its source shown without credentials)."""
+    return NewEntry(ref.key, ref.source_key, ref.version, ref.item_id, ref.size,
+                    redact_url(ref.source.url), ref.path, ref.source.checksum,
+                    ref.content_hash)  # fmt: skip
