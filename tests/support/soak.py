@@ -343,6 +343,7 @@ class SoakResult:
                     f"{d['warnings']} warnings, {d['errors']} errors, traceback: "
                     f"{'YES' if d['traceback'] else 'no'}"
                 )
+            lines.extend(f"    {line}" for line in d.get("first_errors", []))
         lines.append(
             f"peak disk {max(self._series('disk'), default=0):.1f} MiB, peak index usage "
             f"{max(self._series('usage'), default=0):.1f} MiB"
@@ -449,6 +450,8 @@ def run_soak(
             "pid": m.process.pid, "alive_at_end": was_alive, "traceback": "Traceback" in text,
             "warnings": sum(" WARNING " in line for line in lines),
             "errors": sum(" ERROR " in line for line in lines), "log": m.log_path,
+            # the causes behind failed reads, shown with the summary (the log goes with tmp)
+            "first_errors": [line for line in lines if " ERROR " in line][:5],
         })  # fmt: skip
     return SoakResult(shape, elapsed, rows, tally, daemons, settled, stuck)
 
