@@ -48,6 +48,9 @@ from wtfs_index.model import (
     NewEntry,
     OwnerRow,
     PinState,
+    PrefetchFileRow,
+    PrefetchRow,
+    PrefetchState,
     Punch,
     Reservation,
     StoreSummary,
@@ -316,6 +319,12 @@ class Index(ABC):
                  "interrupted: the wtfs process fetching it died",
                  int(TransferStatus.INITIALIZING), int(TransferStatus.QUEUED),
                  int(TransferStatus.TRANSFERRING)),
+            )  # fmt: skip
+            tx.execute(
+                "UPDATE prefetches SET state = ?, ended = ?, updated = ?, error = ?"
+                " WHERE state = ? AND owner_id NOT IN (SELECT owner_id FROM owners)",
+                (PrefetchState.FAILED, time.time(), time.time(),
+                 "interrupted: the wtfs process running it died", PrefetchState.RUNNING),
             )  # fmt: skip
             if counts["locks"]:
                 self._unwindow_unlocked(tx)
@@ -729,6 +738,57 @@ class Index(ABC):
         with self._write() as tx:
             tx.execute("UPDATE entries SET content_hash = ? WHERE key = ?", (content_hash, key))
 
+    def dedup_donor(self, content_hash: str, size: int, key: str) -> EntryRow | None:
+        """A complete entry other than `key` holding the same contents (the same hash and size),
+        whole (not windowed): its store file can be shared (`adopt_complete`). The most recently
+        used one."""
+        with self._read() as tx:
+            row = tx.one(
+                "SELECT * FROM entries WHERE content_hash = ? AND size = ? AND key <> ?"
+                " AND complete = 1 AND windowed = 0 ORDER BY atime DESC LIMIT 1",
+                (content_hash, size, key),
+            )
+        return _entry(row) if row else None
+
+    def adopt_complete(self, key: str, donor_key: str, owner_id: str) -> EntryRow | None:
+        """Mark entry `key` complete: the caller has made its store file a hard link of
+        `donor_key`'s (content dedup). Only while the donor is still complete and whole (so
+        the shared file holds every byte) and nobody else can have `key`'s file open: no bytes,
+        no claims, no lock but `owner_id`'s. None: not adopted (the caller removes its link).
+        """
+        with self._write() as tx:
+            donor = tx.one(
+                "SELECT size, content_hash FROM entries WHERE key = ? AND complete = 1"
+                " AND windowed = 0",
+                (donor_key,),
+            )
+            row = tx.one("SELECT * FROM entries WHERE key = ?", (key,))
+            if donor is None or row is None or int(row["present"]) or row["complete"]:
+                return None
+            if (
+                int(donor["size"]) != int(row["size"])
+                or donor["content_hash"] != row["content_hash"]
+            ):
+                return None
+            busy = tx.scalar(
+                "SELECT (SELECT COUNT(*) FROM claims WHERE key = ?)"
+                " + (SELECT COUNT(*) FROM locks WHERE entry_key = ? AND owner_id <> ?)",
+                (key, key, owner_id),
+            )
+            if int(busy):
+                return None
+            size = int(row["size"])
+            ranges = Ranges([(0, size)] if size else [])
+            ranges.gen = int(row["gen"]) + 1
+            tx.execute(
+                "UPDATE entries SET ranges = ?, present = ?, gen = ?, complete = 1, atime = ?"
+                " WHERE key = ?",
+                (ranges.to_json(), size, ranges.gen, time.time(), key),
+            )
+            adopted = tx.one("SELECT * FROM entries WHERE key = ?", (key,))
+            assert adopted is not None
+            return _entry(adopted)
+
     def delete_entry(self, key: str, reason: str, by_owner: str) -> Eviction:
         """Remove an entry (a checksum mismatch, damage found by fsck); its file is then the
         caller's to unlink, and `finish_unlink(result.unlink_id)` after."""
@@ -1032,6 +1092,163 @@ class Index(ABC):
 
     # -- history -----------------------------------------------------------------------------
 
+    # -- prefetches --------------------------------------------------------------------------
+
+    def prefetch_create(
+        self,
+        *,
+        session_id: str,
+        paths: Sequence[str],
+        mountpoint: str | None = None,
+        owner_id: str | None = None,
+    ) -> int:
+        """A `wtfs prefetch` run of `paths` (paths in the session): asked of the mount at
+        `mountpoint`, whose daemon takes it up (`prefetch_claim`), or, with `owner_id`, run by
+        that owner from now on."""
+        state = PrefetchState.REQUESTED if owner_id is None else PrefetchState.RUNNING
+        now = time.time()
+        started = now if owner_id is not None else None
+        with self._write() as tx:
+            return tx.insert(
+                "INSERT INTO prefetches (session_id, mountpoint, paths, owner_id, state,"
+                " created, started, updated) VALUES (?,?,?,?,?,?,?,?)",
+                (session_id, mountpoint, json.dumps(list(paths)), owner_id, state, now,
+                 started, now),
+            )  # fmt: skip
+
+    def prefetch_claim(self, mountpoint: str, owner_id: str) -> list[PrefetchRow]:
+        """The prefetches asked of the mount at `mountpoint` not taken up yet, now RUNNING under
+        `owner_id`: each is handed to one daemon."""
+        now = time.time()
+        with self._write() as tx:
+            rows = tx.all(
+                "SELECT id FROM prefetches WHERE state = ? AND mountpoint = ? ORDER BY id",
+                (PrefetchState.REQUESTED, mountpoint),
+            )
+            ids = [int(r["id"]) for r in rows]
+            if not ids:
+                return []
+            param = tx.dialect.list_param(ids)
+            tx.execute(
+                "UPDATE prefetches SET state = ?, owner_id = ?, started = ?, updated = ?"
+                f" WHERE {tx.dialect.in_list('id')}",
+                (PrefetchState.RUNNING, owner_id, now, now, param),
+            )
+            claimed = tx.all(
+                f"SELECT * FROM prefetches WHERE {tx.dialect.in_list('id')} ORDER BY id", (param,)
+            )
+        return [_prefetch(r) for r in claimed]
+
+    def prefetch_plan(self, prefetch_id: int, files: Sequence[tuple[str, int, int]]) -> None:
+        """The files of a run, as (path, size, bytes already in the store): its totals, and a
+        row per file. A file already complete counts as done."""
+        with self._write() as tx:
+            tx.execute("DELETE FROM prefetch_files WHERE prefetch_id = ?", (prefetch_id,))
+            tx.executemany(
+                "INSERT INTO prefetch_files (prefetch_id, path, size, state) VALUES (?,?,?,?)",
+                [(prefetch_id, path, size, "done" if present >= size else "pending")
+                 for path, size, present in files],
+            )  # fmt: skip
+            tx.execute(
+                "UPDATE prefetches SET files_total = ?, files_done = ?, bytes_total = ?,"
+                " bytes_done = ?, updated = ? WHERE id = ?",
+                (len(files), sum(1 for _, size, present in files if present >= size),
+                 sum(size for _, size, _ in files),
+                 sum(max(0, min(size, present)) for _, size, present in files), time.time(),
+                 prefetch_id),
+            )  # fmt: skip
+
+    def prefetch_progress(
+        self, prefetch_id: int, *, bytes_done: int, bytes_fetched: int, current: str | None
+    ) -> bool:
+        """Where a run is (absolute figures); True when a cancel was asked (`prefetch_cancel`)."""
+        with self._write() as tx:
+            tx.execute(
+                "UPDATE prefetches SET bytes_done = ?, bytes_fetched = ?, current = ?,"
+                " updated = ? WHERE id = ?",
+                (bytes_done, bytes_fetched, current, time.time(), prefetch_id),
+            )
+            return bool(tx.scalar("SELECT cancel FROM prefetches WHERE id = ?", (prefetch_id,)))
+
+    def prefetch_file_done(
+        self, prefetch_id: int, path: str, fetched: int, error: str | None = None
+    ) -> None:
+        """One file of a run ended: complete in the store, or failed with `error`."""
+        state, counter = ("done", "files_done") if error is None else ("failed", "files_failed")
+        with self._write() as tx:
+            changed = tx.execute(
+                "UPDATE prefetch_files SET state = ?, fetched = ?, error = ?"
+                " WHERE prefetch_id = ? AND path = ? AND state = 'pending'",
+                (state, fetched, error, prefetch_id, path),
+            )
+            if changed:
+                tx.execute(
+                    f"UPDATE prefetches SET {counter} = {counter} + 1, updated = ? WHERE id = ?",
+                    (time.time(), prefetch_id),
+                )
+
+    def prefetch_finish(self, prefetch_id: int, state: str, error: str | None = None) -> None:
+        assert state in PrefetchState.ENDED, state
+        now = time.time()
+        with self._write() as tx:
+            tx.execute(
+                "UPDATE prefetches SET state = ?, error = ?, current = NULL, ended = ?,"
+                " updated = ? WHERE id = ?",
+                (state, error, now, now, prefetch_id),
+            )
+
+    def prefetch_cancel(self, prefetch_id: int) -> bool:
+        """Ask a run to stop (its runner stops at its next block, ending CANCELLED); one not
+        taken up yet ends CANCELLED at once. False when it had ended already."""
+        now = time.time()
+        with self._write() as tx:
+            if tx.execute(
+                "UPDATE prefetches SET state = ?, cancel = 1, ended = ?, updated = ?"
+                " WHERE id = ? AND state = ?",
+                (PrefetchState.CANCELLED, now, now, prefetch_id, PrefetchState.REQUESTED),
+            ):
+                return True
+            return bool(
+                tx.execute(
+                    "UPDATE prefetches SET cancel = 1 WHERE id = ? AND state = ?",
+                    (prefetch_id, PrefetchState.RUNNING),
+                )
+            )
+
+    def get_prefetch(self, prefetch_id: int) -> PrefetchRow | None:
+        with self._read() as tx:
+            row = tx.one("SELECT * FROM prefetches WHERE id = ?", (prefetch_id,))
+        return _prefetch(row) if row else None
+
+    def prefetches(
+        self, *, session_id: str | None = None, ended_after: float | None = None
+    ) -> list[PrefetchRow]:
+        """Runs not ended, and those that ended after `ended_after` (None: every one)."""
+        where: list[str] = ["1=1"]
+        params: list[Any] = []
+        if session_id is not None:
+            where.append("session_id = ?")
+            params.append(session_id)
+        if ended_after is not None:
+            where.append("(ended IS NULL OR ended > ?)")
+            params.append(ended_after)
+        with self._read() as tx:
+            rows = tx.all(
+                f"SELECT * FROM prefetches WHERE {' AND '.join(where)} ORDER BY id", params
+            )
+        return [_prefetch(r) for r in rows]
+
+    def prefetch_files(self, prefetch_id: int) -> list[PrefetchFileRow]:
+        with self._read() as tx:
+            rows = tx.all(
+                "SELECT * FROM prefetch_files WHERE prefetch_id = ? ORDER BY path",
+                (prefetch_id,),
+            )
+        return [
+            PrefetchFileRow(r["path"], int(r["size"]), r["state"], int(r["fetched"]), r["error"])
+            for r in rows
+        ]
+
     def record_failure(self, kind: str, key: str | None, cause: str, owner_id: str) -> None:
         with self._write() as tx:
             tx.execute(
@@ -1225,3 +1442,7 @@ def _entry(row: Row) -> EntryRow:
 
 def _transfer(row: Row) -> TransferRow:
     return _record(TransferRow, row)
+
+
+def _prefetch(row: Row) -> PrefetchRow:
+    return _record(PrefetchRow, row, paths=list(json.loads(row["paths"])))

@@ -287,3 +287,49 @@ class FailureRow:
     key: str | None
     cause: str
     owner_id: str
+
+
+class PrefetchState:
+    """Where a `wtfs prefetch` run is: asked of a mount and not picked up yet, running, ended."""
+
+    REQUESTED = "requested"
+    RUNNING = "running"
+    DONE = "done"  # every file asked for is complete in the store
+    FAILED = "failed"  # a transfer failed, the GC start mark was reached, or the runner died
+    CANCELLED = "cancelled"
+    ENDED = (DONE, FAILED, CANCELLED)
+
+
+@dataclass(frozen=True)
+class PrefetchRow:
+    id: int
+    session_id: str
+    #: the mount asked to run it; None: the `wtfs prefetch` command runs it itself
+    mountpoint: str | None
+    paths: list[str]
+    owner_id: str | None
+    state: str
+    files_total: int
+    files_done: int
+    files_failed: int
+    bytes_total: int
+    #: bytes of the files asked for that are in the store (fetched now or before)
+    bytes_done: int
+    #: bytes this run downloaded (the rate's numerator: bytes already there cost nothing)
+    bytes_fetched: int
+    current: str | None
+    error: str | None
+    cancel: bool
+    created: float
+    started: float | None
+    updated: float
+    ended: float | None
+
+
+@dataclass(frozen=True)
+class PrefetchFileRow:
+    path: str
+    size: int
+    state: str  # pending, done, failed
+    fetched: int
+    error: str | None

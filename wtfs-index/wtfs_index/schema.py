@@ -135,6 +135,38 @@ CREATE TABLE IF NOT EXISTS failures (
     key TEXT,
     cause TEXT NOT NULL,
     owner_id TEXT NOT NULL
+);
+-- `wtfs prefetch` runs: asked of a mount (mountpoint set) or run by the command itself.
+CREATE TABLE IF NOT EXISTS prefetches (
+    id {id},
+    session_id TEXT NOT NULL,
+    mountpoint TEXT,
+    paths TEXT NOT NULL,
+    owner_id TEXT,
+    state TEXT NOT NULL,
+    files_total {big} NOT NULL DEFAULT 0,
+    files_done {big} NOT NULL DEFAULT 0,
+    files_failed {big} NOT NULL DEFAULT 0,
+    bytes_total {big} NOT NULL DEFAULT 0,
+    bytes_done {big} NOT NULL DEFAULT 0,
+    bytes_fetched {big} NOT NULL DEFAULT 0,
+    current TEXT,
+    error TEXT,
+    cancel {small} NOT NULL DEFAULT 0,
+    created {real} NOT NULL,
+    started {real},
+    updated {real} NOT NULL,
+    ended {real}
+);
+CREATE INDEX IF NOT EXISTS prefetches_state ON prefetches(state);
+CREATE TABLE IF NOT EXISTS prefetch_files (
+    prefetch_id {big} NOT NULL,
+    path TEXT NOT NULL,
+    size {big} NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    fetched {big} NOT NULL DEFAULT 0,
+    error TEXT,
+    PRIMARY KEY (prefetch_id, path)
 )
 """
 
