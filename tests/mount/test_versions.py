@@ -150,6 +150,8 @@ def test_a_running_mount_serves_the_new_bytes_after_a_session_refresh(
         assert "refreshed" in m.wtfs("session", "refresh", str(m.mountpoint)).stdout
         assert digest(path.read_bytes()) == digest(new)
         assert os.stat(path).st_size == SIZE
+        # Marked complete once its sha512 (shown by the plugin's listing) is checked, which
+        # may come just after the last read returned.
         wait_until(lambda: [e.complete for e in entries_of(config, file_id)] == [True], 30)
         log = m.log()
     assert "Traceback" not in log

@@ -32,6 +32,7 @@ from typing import NoReturn
 import trio
 from wtfs_index import EntryRow, LockKind, NewEntry, Owner, Ranges
 
+from wtfs.cache import dedup
 from wtfs.cache.aindex import AsyncIndex
 from wtfs.cache.entry import FileRef, Handle, LiveEntry
 from wtfs.cache.runs import Run, StopRun, execute
@@ -475,6 +476,8 @@ class CacheManager:
             )
             if row.unlink is not None:
                 await self.space.settle(row.unlink)
+        if ref.content_hash is not None and not row.complete and not row.present:
+            row = await dedup.adopt(self.index, self.store, row, self.owner.owner_id) or row
         fd = await trio.to_thread.run_sync(self.store.open_file, row.file_name, ref.size)
         entry = LiveEntry(ref, row.file_name, fd, row.ranges, row.complete, row.windowed)
         entry.retain()

@@ -138,7 +138,11 @@ class Store:
             except FileNotFoundError:
                 continue  # evicted meanwhile: nothing left to punch
             try:
-                self.punch_hole(fd, punch.start, punch.end)
+                # A file two entries share (content dedup, wtfs.cache.dedup): its bytes are the
+                # other entry's too. The index has dropped the span for this entry, which is
+                # enough: bytes fetched again for it are the same bytes.
+                if os.fstat(fd).st_nlink <= 1:
+                    self.punch_hole(fd, punch.start, punch.end)
             finally:
                 os.close(fd)
 
