@@ -378,6 +378,183 @@ def fsck(ctx: click.Context, verify: bool, repair: bool, force: bool, as_json: b
         sys.exit(1)
 
 
+@main.command()
+@click.argument("args", nargs=-1, metavar="SESSION|MOUNTPOINT [PATH]...")
+@click.option("--session-id", help="The session from Girder's /dm/session/{id} (no mount).")
+@click.option("--json", "as_json", is_flag=True, help="Print the prefetch's record at the end.")
+@click.pass_context
+@guarded
+def prefetch(
+    ctx: click.Context, args: tuple[str, ...], session_id: str | None, as_json: bool
+) -> None:
+    """Fetch a session's files (or those under PATHs) into the store ahead of use.
+
+    Given a MOUNTPOINT, or a path inside a mount (MNT/raw/run-17), the mount's daemon does it,
+    behind its live reads; given a SESSION file or --session-id, this command does it over the
+    store. It stops at the GC start mark rather than evict other cached files. Exit 0: every
+    file asked for is cached; 3: a transfer failed (the causes are printed); 130: Ctrl-C (run
+    it again to resume: cached bytes are not fetched again).
+    """
+    from wtfs.daemon.serve import wtfs_mount_holding
+
+    config = _config(ctx)
+    if session_id is not None or (args and wtfs_mount_holding(Path(os.path.abspath(args[0])))
+                                  is None):  # fmt: skip
+        setup_logging(config, ctx.obj["verbose"])  # the run is here: its log too
+    if session_id is not None:
+        _prefetch_alone(config, None, session_id, _session_paths(args), as_json)
+        return
+    if not args:
+        raise ConfigError("usage: wtfs prefetch SESSION|MOUNTPOINT [PATH]... (or --session-id ID)")
+    first = Path(os.path.abspath(args[0]))
+    mountpoint = wtfs_mount_holding(first)
+    if mountpoint is None:
+        if not Path(args[0]).is_file():
+            raise ConfigError(f"{args[0]}: neither a session file nor a path in a wtfs mount")
+        _prefetch_alone(config, Path(args[0]), None, _session_paths(args[1:]), as_json)
+        return
+    paths = [_mount_path(mountpoint, first)]
+    paths += [_mount_path(mountpoint, Path(a)) for a in args[1:]]
+    _prefetch_in_mount(config, mountpoint, [p for p in paths if p != "/"] or ["/"], as_json)
+
+
+def _session_paths(args: Sequence[str]) -> list[str]:
+    """PATHs in the session (`raw/x` or `/raw/x`)."""
+    return ["/" + a.strip("/") if a.strip("/") else "/" for a in args]
+
+
+def _mount_path(mountpoint: Path, path: Path) -> str:
+    """A PATH given with a mountpoint as a path in the session: one inside the mount (absolute,
+    or relative to here) is taken relative to the mount; anything else is a session path."""
+    absolute = Path(os.path.abspath(path))
+    if absolute == mountpoint or mountpoint in absolute.parents:
+        return "/" + str(absolute.relative_to(mountpoint)).strip(".").strip("/")
+    return _session_paths([str(path)])[0]
+
+
+PREFETCH_POLL = 0.2  # seconds between looks at a prefetch's record
+PICKUP = 30.0  # seconds a mount's daemon has to take up a prefetch (it looks every 2 s)
+
+
+def _prefetch_in_mount(config: Config, mountpoint: Path, paths: list[str], as_json: bool) -> None:
+    """Ask the daemon serving `mountpoint` (through the index) and follow it there."""
+    from wtfs_index import Owner, PrefetchState
+
+    from wtfs.status.progress import PrefetchDisplay, prefetch_record
+
+    index = _index(config)
+    try:
+        me = Owner.current("cli")
+        owner = next(
+            (o for o in index.owners(me)
+             if o.kind == "mount" and o.mountpoint == str(mountpoint) and o.alive),
+            None,
+        )  # fmt: skip
+        if owner is None or owner.session_id is None:
+            raise ConfigError(
+                f"{mountpoint}: no running wtfs daemon of this store serves it (is the config "
+                "the mount's?)"
+            )
+        prefetch_id = index.prefetch_create(session_id=owner.session_id, paths=paths,
+                                            mountpoint=str(mountpoint))  # fmt: skip
+        display = PrefetchDisplay(quiet=as_json)
+        asked = time.monotonic()
+        try:
+            while True:
+                row = index.get_prefetch(prefetch_id)
+                assert row is not None
+                display.update(prefetch_record(row))
+                if row.state in PrefetchState.ENDED:
+                    break
+                if row.state == PrefetchState.REQUESTED and time.monotonic() - asked > PICKUP:
+                    index.prefetch_cancel(prefetch_id)
+                    raise WtfsError(
+                        f"{mountpoint}: its daemon (pid {owner.pid}) did not take up the "
+                        f"prefetch within {PICKUP:g}s (a wtfs older than `wtfs prefetch`?)"
+                    )
+                if not any(o.owner_id == owner.owner_id and o.alive for o in index.owners(me)):
+                    index.reclaim_dead(me)  # its daemon died: the record says so
+                    if row.state == PrefetchState.REQUESTED:
+                        index.prefetch_cancel(prefetch_id)
+                time.sleep(PREFETCH_POLL)
+        except KeyboardInterrupt:
+            index.prefetch_cancel(prefetch_id)
+            deadline = time.monotonic() + 30
+            row = index.get_prefetch(prefetch_id)
+            while row is not None and row.state not in PrefetchState.ENDED:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(PREFETCH_POLL)
+                row = index.get_prefetch(prefetch_id)
+        finally:
+            display.close()
+        row = index.get_prefetch(prefetch_id)
+        assert row is not None
+        _prefetch_end(prefetch_record(row, index.prefetch_files(prefetch_id)), as_json)
+    finally:
+        index.close()
+
+
+def _prefetch_alone(
+    config: Config,
+    session_file: Path | None,
+    session_id: str | None,
+    paths: list[str],
+    as_json: bool,
+) -> None:
+    """Run the prefetch here, over the store: an owner of its own kind, as a daemon is."""
+    from wtfs.cache.aindex import AsyncIndex
+    from wtfs.daemon.prefetch import prefetch_alone
+    from wtfs.daemon.serve import MountRequest, load_session
+    from wtfs.namespace.session import Session
+    from wtfs.status.progress import PrefetchDisplay, prefetch_record
+
+    request = MountRequest(Path("/"), session_file=session_file, session_id=session_id)
+    display = PrefetchDisplay(quiet=as_json)
+
+    async def follow(index: AsyncIndex, prefetch_id: int) -> None:
+        while True:
+            row = await index.run(index.sync.get_prefetch, prefetch_id)
+            if row is not None:
+                display.update(prefetch_record(row))
+            await trio.sleep(PREFETCH_POLL)
+
+    async def session(girder: GirderClient | None) -> Session:
+        return await load_session(request, girder)
+
+    try:
+        row, files = trio.run(prefetch_alone, config, session, paths, follow)
+    except KeyboardInterrupt:  # before the run could take SIGINT over: nothing was started
+        display.close()
+        click.echo("wtfs: prefetch interrupted", err=True)
+        sys.exit(130)
+    finally:
+        display.close()
+    _prefetch_end(prefetch_record(row, files), as_json)
+
+
+def _prefetch_end(record: dict[str, Any], as_json: bool) -> NoReturn:
+    """The last word of a prefetch, and its exit code: 0 done, 3 failed, 130 cancelled."""
+    from wtfs_index import PrefetchState
+
+    from wtfs.status.progress import summary
+
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+    else:
+        click.echo(summary(record))
+    state = record["state"]
+    if state == PrefetchState.DONE:
+        sys.exit(0)
+    if state == PrefetchState.CANCELLED:
+        click.echo(f"wtfs: prefetch {record['_id']} cancelled; run it again to resume", err=True)
+        sys.exit(130)
+    click.echo(f"wtfs: prefetch {record['_id']} failed: {record['error'] or state}", err=True)
+    for failure in record.get("failures", []):
+        click.echo(f"  {failure['path']}: {failure['error']}", err=True)
+    sys.exit(3 if state == PrefetchState.FAILED else 1)
+
+
 @main.group()
 def session() -> None:
     """Sessions kept in Girder (create, list, delete) and the session of a running mount."""

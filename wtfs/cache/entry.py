@@ -68,6 +68,8 @@ class LiveEntry:
     #: block → (failure, trio clock time) of the run that last failed to bring it: a read of
     #: it soon after (the kernel asks again at once) gets that failure instead of a new wait
     block_errors: dict[int, tuple[WtfsError, float]] = field(default_factory=dict)
+    #: set while the entry is being marked complete (its checksum read): one at a time
+    completing: trio.Event | None = None
 
     def learn(self, ranges: Ranges) -> None:
         """Take what the index answered, unless we already know a later state: answers of

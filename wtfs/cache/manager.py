@@ -162,6 +162,8 @@ class CacheManager:
         #: releases them, or they would keep their entries from eviction until unmount
         self._unreleased: set[int] = set()
         self._closing = False
+        #: live reads waiting for bytes now: a prefetch (`prefetch_block`) waits while any does
+        self._live_waiting = 0
         #: trio clock time when the lease was last renewed (taken before the renewal started)
         self._renewed_at = trio.current_time()
 
@@ -629,10 +631,12 @@ class CacheManager:
             self._atimes[entry.ref.key] = time.time()
             return self._pread(entry, offset, end, trusted, into)
         handle.reading[(offset, end)] += 1
+        self._live_waiting += 1
         try:
             with trio.move_on_after(self.settings.read_deadline) as deadline:
                 hit = await self._ensure(handle, offset, end, sequential)
         finally:
+            self._live_waiting -= 1
             handle.reading[(offset, end)] -= 1
             if not handle.reading[(offset, end)]:
                 del handle.reading[(offset, end)]
@@ -648,6 +652,41 @@ class CacheManager:
         entry = handle.entry
         self._atimes[entry.ref.key] = time.time()
         return self._pread(entry, offset, end, trusted, into)
+
+    # -- prefetch (wtfs prefetch) --------------------------------------------------------------
+
+    async def yield_to_live_reads(self) -> None:
+        """Until no live read waits for bytes and no fetch waits for a slot: a prefetch takes
+        its next block only then, so live reads come first (`wtfs.cache.prefetch`)."""
+        # Polled: the counts change on every read, an event per change would cost the hot path.
+        while self._live_waiting or self._slots.statistics().tasks_waiting:  # noqa: ASYNC110
+            await trio.sleep(BUSY_POLL)
+
+    async def prefetch_block(self, handle: Handle, start: int, end: int) -> None:
+        """Bring [start, end) of `handle`'s file into the store without serving it: one run of
+        its missing bytes at a time, no read-ahead (a live reader's path), within the read
+        deadline. Raises the run's failure."""
+        entry = handle.entry
+        if entry.failure is not None:
+            raise entry.failure
+        handle.next_offset = end
+        with trio.move_on_after(self.settings.read_deadline) as deadline:
+            await self._ensure(handle, start, end, sequential=False)
+        if deadline.cancelled_caught:
+            raise Timeout(
+                f"{entry.ref.path}: no bytes at offset {start} after "
+                f"{self.settings.read_deadline:g}s"
+            )
+
+    async def settle_complete(self, handle: Handle) -> bool:
+        """Whether `handle`'s file is complete in the store, marking it so (after its checksum)
+        when every byte is there: the run that brought the last bytes may not have yet."""
+        entry = handle.entry
+        for run in list(entry.runs):  # a reader wakes once its bytes are written: the commit
+            await run.wait()  # comes after, at the end of the piece or of the run
+        if not entry.complete and entry.ranges.total == entry.ref.size:
+            await self._complete(entry)
+        return entry.complete
 
     def _pread(
         self, entry: LiveEntry, start: int, end: int, trusted: bool, into: bytearray | None
@@ -868,7 +907,20 @@ class CacheManager:
                 self._release_ref(entry)
 
     async def _complete(self, entry: LiveEntry) -> None:
-        """All bytes are here: verify the checksum when known, then mark complete atomically."""
+        """All bytes are here: verify the checksum when known, then mark complete atomically.
+        Once per entry at a time: a second caller (a run ending beside a prefetch) waits for
+        the first rather than read the whole file again."""
+        if entry.completing is not None:
+            await entry.completing.wait()
+            return
+        entry.completing = trio.Event()
+        try:
+            await self._verify_and_mark(entry)
+        finally:
+            entry.completing.set()
+            entry.completing = None
+
+    async def _verify_and_mark(self, entry: LiveEntry) -> None:
         error = await verify(entry.fd, entry.ref)
         if error is not None:
             entry.failure = error

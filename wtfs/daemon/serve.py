@@ -93,6 +93,26 @@ def mount_entry(mountpoint: Path) -> tuple[str, str] | None:
     return None
 
 
+def wtfs_mount_holding(path: Path) -> Path | None:
+    """The wtfs mount (fuse.wtfs in /proc/self/mountinfo) at or above absolute `path`, the
+    innermost one; None when `path` is in none. Read from the mount table: never a stat of the
+    mount, which could wait on its daemon."""
+    target = os.path.normpath(path)
+    best: str | None = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if "-" not in fields[5:]:
+                continue
+            if fields[fields.index("-", 5) + 1] != "fuse.wtfs":
+                continue
+            point = fields[4].encode().decode("unicode_escape").encode("latin-1").decode()
+            inside = target == point or target.startswith(point.rstrip("/") + "/")
+            if inside and (best is None or len(point) > len(best)):
+                best = point
+    return Path(best) if best is not None else None
+
+
 def check_mountpoint(mountpoint: Path) -> None:
     """A usable mountpoint: an empty directory. A dead FUSE mount left there is cleaned up."""
     if mount_entry(mountpoint) is not None:
@@ -244,7 +264,9 @@ async def _serve_mounted(
             await nursery.start(gc.run)
             refresher = Refresher(request, tree, girder, stats, manager)
             nursery.start_soon(_on_signals, refresher)
-            await nursery.start(Ticker(manager, tree).run)
+            ticker = Ticker(manager, tree,
+                            prefetch_start_fraction=config.gc_collect_start_fraction)  # fmt: skip
+            await nursery.start(ticker.run)
             if config.metrics_port is not None:
                 # Only here: prometheus_client costs the daemon ~4 MiB it needs for nothing else.
                 from wtfs.status.metrics import WtfsCollector, registry_of, serve_metrics

@@ -1,8 +1,9 @@
 """The daemon's periodic tick (every 2 s): move transfer work on.
 
 Every `interval` seconds it takes the transfers of this mount's session that `wtfs retry`
-re-queued and runs them again, each in its own record, and reclaims what dead processes left
-(their TRANSFERRING rows become FAILED with a cause, their locks and claims are dropped).
+re-queued and runs them again, each in its own record, takes up the prefetches `wtfs prefetch`
+asked of this mount (`wtfs.daemon.prefetch`), and reclaims what dead processes left (their
+TRANSFERRING rows become FAILED with a cause, their locks and claims are dropped).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import trio
 from wtfs_index import TransferStatus
 
 from wtfs.cache.manager import CacheManager
+from wtfs.daemon.prefetch import take_requests
 from wtfs.errors import WtfsError
 from wtfs.namespace.tree import FileNode, Tree
 
@@ -21,10 +23,19 @@ log = logging.getLogger(__name__)
 
 
 class Ticker:
-    def __init__(self, manager: CacheManager, tree: Tree, interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        manager: CacheManager,
+        tree: Tree,
+        interval: float = 2.0,
+        *,
+        prefetch_start_fraction: float = 0.9,
+    ) -> None:
         self.manager = manager
         self.tree = tree
         self.interval = interval
+        #: where a prefetch stops: the GC's start mark (`gc_collect_start_fraction`)
+        self.prefetch_start_fraction = prefetch_start_fraction
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -41,6 +52,7 @@ class Ticker:
     async def tick(self, nursery: trio.Nursery) -> None:
         index = self.manager.index
         await index.run(index.sync.reclaim_dead, self.manager.owner)
+        await take_requests(self.manager, self.tree, nursery, self.prefetch_start_fraction)
         rows = await index.run(
             index.sync.claim_retries, self.manager.owner.owner_id, self.manager.session_id
         )

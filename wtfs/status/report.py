@@ -27,6 +27,7 @@ from wtfs_index.records import iso, lock_record, transfer_record
 from wtfs.cache.space import measure
 from wtfs.cache.store import Store
 from wtfs.config import Config, gc_policy
+from wtfs.status.progress import prefetch_record
 
 RECENT = 20
 
@@ -40,6 +41,8 @@ class Report:
     evictions: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     totals: dict[str, int] = field(default_factory=dict)
+    #: `wtfs prefetch` runs not ended, and those that ended within the last minute
+    prefetches: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failed_count(self) -> int:
@@ -54,6 +57,7 @@ class Report:
             "evictions": self.evictions,
             "failures": self.failures,
             "totals": self.totals,
+            "prefetches": self.prefetches,
         }
 
 
@@ -138,6 +142,8 @@ def _gather(
         report.transfers.append(transfer_record(row, now))
     for lock in index.locks(me, session_id=session_id):
         report.locks.append(lock_record(lock))
+    for prefetch in index.prefetches(session_id=session_id, ended_after=ended_after):
+        report.prefetches.append(prefetch_record(prefetch, now=now))
     for ev in index.evictions(RECENT):
         report.evictions.append(
             {

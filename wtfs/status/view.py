@@ -69,6 +69,7 @@ MOUNT_COLUMNS = ("mountpoint", "session", "pid", "since", "hits/misses")
 TRANSFER_COLUMNS = ("id", "path", "status", "progress", "size", "rate", "ETA", "error")
 LOCK_COLUMNS = ("session", "item", "path", "owner", "live")
 EVICTION_COLUMNS = ("time", "path", "bytes", "reason")
+PREFETCH_COLUMNS = ("id", "where", "state", "files", "progress", "rate", "ETA", "error")
 NO_MOUNT = "no mount running"
 NO_TRANSFER = "no recent transfers (--all shows history)"
 
@@ -121,6 +122,23 @@ def _lock_cells(lock: dict[str, object]) -> list[str]:
 def _eviction_cells(e: dict[str, object]) -> list[str]:
     return [str(e["time"])[:19], str(e["path"] or e["key"]),
             format_size(e["bytes"]), str(e["reason"])]  # type: ignore[arg-type]  # fmt: skip
+
+
+def _prefetch_cells(p: dict[str, Any]) -> list[str]:
+    files, size = p["files"], p["bytes"]
+    where = p["mountpoint"] or f"session {p['sessionId']}"
+    paths = [x for x in p["paths"] if x != "/"]
+    return [
+        str(p["_id"]),
+        where + (f" {' '.join(paths)}" if paths else ""),
+        str(p["state"]),
+        f"{files['done']}/{files['total']}"
+        + (f" ({files['failed']} failed)" if files["failed"] else ""),
+        f"{format_size(size['done'])} / {format_size(size['total'])}",
+        f"{format_size(p['rate'])}/s" if p["rate"] else "",
+        f"{p['eta']:.0f}s" if p["eta"] is not None else "",
+        p["error"] or "",
+    ]
 
 
 def build(report: Report) -> Group:
@@ -182,6 +200,13 @@ def build(report: Report) -> Group:
         locks.add_row(*cells, live if lock["alive"] else Text(live, style="red"))
 
     parts: list[object] = [Panel(header, title="wtfs"), mounts, transfers, locks]
+    if report.prefetches:
+        pf = Table(title="prefetches", title_justify="left", expand=True)
+        for col in PREFETCH_COLUMNS:
+            pf.add_column(col, overflow="fold")
+        for p in report.prefetches:
+            pf.add_row(*_prefetch_cells(p))
+        parts.append(pf)
     if report.evictions:
         ev = Table(title="recent evictions", title_justify="left", expand=True)
         for col in EVICTION_COLUMNS:
@@ -246,6 +271,9 @@ def plain(report: Report) -> str:
         _plain_table("transfers", TRANSFER_COLUMNS, transfers, NO_TRANSFER),
         _plain_table("locks", LOCK_COLUMNS, [_lock_cells(lock) for lock in report.locks]),
     ]
+    if report.prefetches:
+        rows = [_prefetch_cells(p) for p in report.prefetches]
+        tables.append(_plain_table("prefetches", PREFETCH_COLUMNS, rows))
     if report.evictions:
         rows = [_eviction_cells(e) for e in report.evictions]
         tables.append(_plain_table("recent evictions", EVICTION_COLUMNS, rows))
