@@ -8,10 +8,13 @@ alone (`--only NAME`).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
+import random as pyrandom
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
+    ROOT,
     WORK,
     Cleanup,
     GiB,
@@ -1133,6 +1137,122 @@ def parallel_readers(ctx: Context) -> list[Row]:
     ]
 
 
+# -- 8. prefetch ---------------------------------------------------------------------------------
+
+
+def prefetch(ctx: Context) -> list[Row]:
+    """`wtfs prefetch` of 8 × 128 MiB into a mount's store vs curl of the same downloads, and a
+    live reader's first 4 KiB at random offsets of an uncached 1 GiB file during the prefetch
+    vs with the mount idle."""
+    file_size = 128 * MiB
+    directory = DATA / "par"  # the parallel scenario's files (the first 8)
+    for i in range(8):
+        ensure_random_file(directory / f"p{i:02d}.bin", file_size)
+    big = ensure_random_file(DATA / "g1" / "big1g.bin", GiB)
+    files = ctx.girders.import_dir("data", directory)
+    big_f = ctx.girders.import_dir("data", big.parent)["big1g.bin"]
+    girder = ctx.girders.get("data")
+    headers = ctx.girders.header_file("data")
+    ordered = [files[f"p{i:02d}.bin"] for i in range(8)]
+    block = 4 * MiB
+    ours, theirs, idle, busy, seconds_all = [], [], [], [], []
+    cleanup = Cleanup()
+    try:
+        for r in range(ctx.repeat):
+            for f in [*ordered, big_f]:
+                read_file(f.path)
+            data_set = [_item(f, f"/p/{f.name}") for f in ordered] + [_item(big_f)]
+            mount = start_wtfs(cleanup, girder, "prefetch", data_set,
+                               store=_fresh_store("prefetch"))  # fmt: skip
+            live = mount.mountpoint / big_f.name
+            # Distinct blocks for every read of the run: none finds bytes another brought.
+            blocks = pyrandom.Random(r).sample(range(big_f.size // block), 50)
+            offsets = [b * block + 4096 * (b % 512) for b in blocks]
+            idle += [_first_bytes(live, o, big_f.path) for o in offsets[:10]]
+            started = time.perf_counter()
+            run = subprocess.Popen(
+                [sys.executable, "-m", "wtfs", "-c", str(mount.config_path), "prefetch",
+                 "--json", str(mount.mountpoint / "p")],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            )  # fmt: skip
+            cleanup.push(
+                "wtfs prefetch", lambda run=run: run.kill() if run.poll() is None else None
+            )
+            during: list[float] = []
+            while run.poll() is None and len(during) < 40:
+                if _prefetch_running(mount):
+                    during.append(_first_bytes(live, offsets[10 + len(during)], big_f.path))
+                else:
+                    time.sleep(0.05)
+            out, err = run.communicate(timeout=1200)
+            wall = time.perf_counter() - started
+            if run.returncode != 0:
+                raise RuntimeError(f"prefetch failed ({run.returncode}): {err.strip()}")
+            record = json.loads(out)
+            if record["bytes"]["fetched"] != 8 * file_size:
+                raise RuntimeError(f"prefetch fetched {record['bytes']['fetched']} bytes")
+            ours.append(mbps(record["bytes"]["fetched"], record["seconds"]))
+            seconds_all.append(wall)
+            busy += during
+            _stop(cleanup, mount)
+            nbytes, seconds = curl([_download_url(girder, f) for f in ordered], headers)
+            theirs.append(mbps(nbytes, seconds))
+            log(
+                f"prefetch run {r + 1}: {ours[-1]:.0f} MB/s ({wall:.1f}s with the command), "
+                f"curl {theirs[-1]:.0f} MB/s; first byte idle {median(idle) * 1000:.1f} ms, "
+                f"during {median(during) * 1000 if during else float('nan'):.1f} ms "
+                f"({len(during)} reads)"
+            )
+    finally:
+        cleanup.close()
+        shutil.rmtree(STORES / "prefetch", ignore_errors=True)
+    idle_ms = median(idle) * 1000
+    busy_ms = median(busy) * 1000 if busy else float("nan")
+    ratio = busy_ms / idle_ms if idle_ms else float("nan")
+    ctx.note(
+        f"prefetch: 8 files × {file_size // MiB} MiB; MB/s over the run's own time (from the "
+        f"daemon taking it up to its end); the command's wall time, with its start and the "
+        f"daemon's 2 s tick, was {median(seconds_all):.1f} s (median); {len(busy)} live reads "
+        "during the prefetches"
+    )
+    return [
+        _ratio_row("8a. prefetch 8 × 128 MiB into a mount's store", ours, "curl", theirs, 0.8),
+        Row(
+            "8b. live first 4 KiB at a random offset during a prefetch vs idle (median)",
+            f"{busy_ms:.1f} ms",
+            f"idle {idle_ms:.1f} ms",
+            ratio,
+            "≤ 2×",
+            (not math.isnan(ratio)) and ratio <= 2.0,
+        ),
+    ]
+
+
+def _first_bytes(path: Path, offset: int, source: Path) -> float:
+    """Seconds for open + 4 KiB pread at `offset` + close; the bytes checked against `source`."""
+    started = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, 4096, offset)
+    finally:
+        os.close(fd)
+    seconds = time.perf_counter() - started
+    with open(source, "rb") as src:
+        if data != os.pread(src.fileno(), 4096, offset):
+            raise RuntimeError(f"{path}: wrong bytes at offset {offset}")
+    return seconds
+
+
+def _prefetch_running(mount: Any) -> bool:
+    from wtfs_index import PrefetchState, open_index
+
+    index = open_index(None, mount.store)
+    try:
+        return any(p.state == PrefetchState.RUNNING for p in index.prefetches())
+    finally:
+        index.close()
+
+
 SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "cached": cached,
     "cold": cold,
@@ -1143,4 +1263,5 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "parallel": parallel_readers,
     "cold-index": cold_index,
     "index-cost": index_cost,
+    "prefetch": prefetch,
 }
