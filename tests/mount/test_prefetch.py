@@ -223,3 +223,51 @@ def test_ctrl_c_cancels_and_a_second_run_fetches_only_what_is_missing(
         assert again["bytes"]["fetched"] == tree.total - present == downloaded(girder)
         for path, content in tree.contents.items():
             assert (m.mountpoint / "f" / path).read_bytes() == content
+
+
+def test_ctrl_c_of_a_prefetch_without_a_mount_leaves_nothing_behind(
+    tmp_path: Path, base_config: dict[str, Any], girder: LocalGirder, tree: Tree, unthrottled: None
+) -> None:
+    settings = {**base_config, "block_size": "1MiB"}
+    config = write_config(tmp_path / "wtfs.yaml", settings)
+    session = write_session(tmp_path / "s.json", [{"itemId": tree.folder, "mountPath": "/f"}])
+    index_file = Path(settings["private_storage_path"]) / "index.sqlite3"
+    girder.throttle(MiB)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "wtfs", "-c", str(config), "prefetch", str(session)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+
+        def past_a() -> bool:
+            if not index_file.exists():
+                return False
+            index = store_index(settings)
+            try:
+                return any(p.bytes_fetched > MiB + 17 for p in index.prefetches())
+            finally:
+                index.close()
+
+        wait_until(past_a, timeout=60)
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 130, err
+    assert "cancelled" in out and "run it again to resume" in err
+    index = store_index(settings)
+    try:
+        assert index.claims() == [] and index.lock_total() == 0
+        assert index.owners(index_owner()) == []  # unregistered
+        assert [p.state for p in index.prefetches()] == ["cancelled"]
+    finally:
+        index.close()
+    present = sum(p for _, p in cached(settings).values())
+    assert MiB + 17 <= present < tree.total
+    girder.throttle(None)
+    girder.reset_stats()
+    again = json.loads(run_wtfs(["-c", str(config), "prefetch", "--json", str(session)], {}).stdout)
+    assert again["state"] == "done"
+    assert again["bytes"]["fetched"] == tree.total - present == downloaded(girder)
