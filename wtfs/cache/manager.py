@@ -663,15 +663,16 @@ class CacheManager:
             await trio.sleep(BUSY_POLL)
 
     async def prefetch_block(self, handle: Handle, start: int, end: int) -> None:
-        """Bring [start, end) of `handle`'s file into the store without serving it: one run of
-        its missing bytes at a time, no read-ahead (a live reader's path), within the read
-        deadline. Raises the run's failure."""
+        """Bring [start, end) of `handle`'s file into the store without serving it, within the
+        read deadline; raises the run's failure. A sequential reader's runs (one request for
+        `STREAM_BLOCKS` blocks, which later blocks wait for) without its read-ahead: one stream
+        at a time, never a second run beside the first."""
         entry = handle.entry
         if entry.failure is not None:
             raise entry.failure
         handle.next_offset = end
         with trio.move_on_after(self.settings.read_deadline) as deadline:
-            await self._ensure(handle, start, end, sequential=False)
+            await self._ensure(handle, start, end, sequential=True, read_ahead=False)
         if deadline.cancelled_caught:
             raise Timeout(
                 f"{entry.ref.path}: no bytes at offset {start} after "
@@ -707,7 +708,9 @@ class CacheManager:
                 )
         return data
 
-    async def _ensure(self, handle: Handle, start: int, end: int, sequential: bool) -> bool:
+    async def _ensure(
+        self, handle: Handle, start: int, end: int, sequential: bool, *, read_ahead: bool = True
+    ) -> bool:
         """Until [start, end) can be read from the store file. True when it was there at once.
 
         Each turn of the loop waits for something that makes progress (a run of ours bringing
@@ -728,7 +731,7 @@ class CacheManager:
             if entry.windowed and not handle.pinned(start, end):
                 await self._pin(handle, start, end)
                 continue
-            if sequential and first_turn:
+            if sequential and first_turn and read_ahead:
                 self._read_ahead(handle, start)
             unwritten = entry.unwritten(start, end)
             if not unwritten:

@@ -5,12 +5,14 @@ run by a mount's daemon (asked through the index) or by the `wtfs prefetch` comm
 over the store, registered as an owner of its own kind. Either way it goes through a
 `CacheManager`, so it takes the same locks and claims, and the same room, as any reader:
 
-- **live reads first**: one file and one block at a time (no read-ahead, one provider request
-  in flight), and before each block it waits while a live read waits for bytes or a fetch
-  waits for a slot (`CacheManager.yield_to_live_reads`);
-- **it never evicts**: before each block it checks the store's usage against the GC's start
-  mark (`gc_collect_start_fraction` of the effective capacity), and stops there with that cause
-  rather than make the GC evict other cached files for it;
+- **live reads first**: one file and one stream at a time (a sequential reader's runs of
+  `STREAM_BLOCKS` blocks, one provider request each, without read-ahead beside them), and
+  before each run it waits while a live read waits for bytes or a fetch waits for a slot
+  (`CacheManager.yield_to_live_reads`);
+- **it never evicts**: before each run it checks that the store's usage plus all that run may
+  bring stays under the GC's start mark (`gc_collect_start_fraction` of the effective
+  capacity), and stops there with that cause rather than make the GC evict other cached files
+  for it (a run's blocks past its first never evict either: they stop when there is no room);
 - **resumable**: bytes already in the store are not fetched again (only missing blocks are),
   so running it again after a Ctrl-C or a failure picks up where it stopped; a file whose
   contents are already in the store under another entry is shared (`wtfs.cache.dedup`);
@@ -25,10 +27,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
-from wtfs_index import PrefetchState
+from wtfs_index import PrefetchState, Ranges
 
 from wtfs.cache.entry import FileRef
-from wtfs.cache.manager import CacheManager
+from wtfs.cache.manager import STREAM_BLOCKS, CacheManager
 from wtfs.cache.space import measure
 from wtfs.config import format_size
 from wtfs.errors import NoSpace, WtfsError
@@ -161,8 +163,12 @@ class Prefetcher:
                 await self._progress(ref.path)
                 if self._cancel:
                     raise _Cancelled
-                await manager.yield_to_live_reads()
-                await self._check_mark(ref, end - start)
+                if not any(run.will_reach(start) for run in entry.runs):
+                    # A new run (one request) starts here: live reads first, and room for all
+                    # it may bring (up to STREAM_BLOCKS blocks) under the GC start mark.
+                    await manager.yield_to_live_reads()
+                    ahead = min(ref.size, start + STREAM_BLOCKS * bs)
+                    await self._check_mark(ref, _missing(entry.ranges, start, ahead))
                 await manager.prefetch_block(handle, start, end)
                 now = handle.entry.ranges.total
                 self._done += max(0, now - last)
@@ -215,3 +221,7 @@ class Prefetcher:
 
 class _Cancelled(Exception):
     pass
+
+
+def _missing(ranges: Ranges, start: int, end: int) -> int:
+    return sum(e - s for s, e in ranges.find_missing(start, end))
