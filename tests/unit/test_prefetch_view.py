@@ -3,12 +3,13 @@ real runs are in tests/mount/test_prefetch.py)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from wtfs_index import PrefetchRow
 
 from wtfs.cli import _mount_path, _session_paths
-from wtfs.status.progress import prefetch_record, progress_line, summary
+from wtfs.status.progress import PrefetchDisplay, prefetch_record, progress_line, summary
 
 
 def row(**fields: object) -> PrefetchRow:
@@ -49,3 +50,24 @@ def test_an_ended_prefetch_has_no_eta_and_lists_its_failures() -> None:
     assert record["eta"] is None and record["seconds"] == 20.0
     assert record["failures"] == [{"path": "/raw/c", "error": "c: 404"}]
     assert "3/4 files cached (300 B of 400 B); fetched 100 B in 20.0s (5 B/s)" in summary(record)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_progress_bar_and_a_pipe_plain_lines() -> None:
+    terminal, pipe = _Terminal(), io.StringIO()
+    for out in (terminal, pipe):
+        display = PrefetchDisplay(out=out)
+        display.update(prefetch_record(row(), now=1010.0))
+        display.close(prefetch_record(row(files_done=4, bytes_done=400), now=1020.0))
+    assert pipe.getvalue() == (
+        "prefetch 7 running: 1/4 files, 100 B of 400 B (25%), 10 B/s, ETA 30s\n"
+    )  # one line a second at most: the second came within the same second
+    shown = terminal.getvalue()
+    assert "prefetch 7" in shown and "4/4 files" in shown and "━" in shown
+    quiet = io.StringIO()
+    PrefetchDisplay(quiet=True, out=quiet).update(prefetch_record(row()))
+    assert quiet.getvalue() == ""

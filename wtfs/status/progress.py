@@ -105,6 +105,8 @@ class PrefetchDisplay:
         )
 
         if self._progress is None:
+            from rich.console import Console
+
             self._progress = Progress(
                 TextColumn("[bold]prefetch {task.fields[id]}"),
                 BarColumn(),
@@ -113,6 +115,7 @@ class PrefetchDisplay:
                 TransferSpeedColumn(),
                 TimeRemainingColumn(),
                 TextColumn("[dim]{task.fields[current]}"),
+                console=Console(file=self.out),
                 transient=False,
             )
             self._progress.start()
