@@ -58,16 +58,14 @@ def machine() -> dict[str, str]:
     ).stdout.strip()
     modified = ", wtfs/ modified" if dirty else ""
     version = importlib.metadata.version("wtfs")
-    rclone = subprocess.run(["rclone", "version"], capture_output=True, text=True).stdout
-    gcm = subprocess.run(
+    rclone = _output(["rclone", "version"])
+    gcm = _output(
         [
             str(PEERS_VENV / "bin" / "python"),
             "-c",
             "import importlib.metadata as m; print(m.version('girder-client-mount'))",
-        ],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+        ]
+    ).strip()
     return {
         "cpu": cpu,
         "cores": str(os.cpu_count()),
@@ -80,6 +78,15 @@ def machine() -> dict[str, str]:
         "rclone": rclone.splitlines()[0] if rclone else "missing",
         "girder-client-mount": gcm or "missing",
     }
+
+
+def _output(argv: list[str]) -> str:
+    """A tool's stdout; empty when it is not installed (a scenario that needs no peer, such as
+    `--only prefetch`, runs without them; the table says "missing")."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        return ""
 
 
 def table(rows: list[Row]) -> str:

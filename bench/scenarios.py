@@ -8,6 +8,7 @@ alone (`--only NAME`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -1141,9 +1142,9 @@ def parallel_readers(ctx: Context) -> list[Row]:
 
 
 def prefetch(ctx: Context) -> list[Row]:
-    """`wtfs prefetch` of 8 × 128 MiB into a mount's store vs curl of the same downloads, and a
-    live reader's first 4 KiB at random offsets of an uncached 1 GiB file during the prefetch
-    vs with the mount idle."""
+    """`wtfs prefetch` of 8 × 128 MiB into a mount's fresh store vs curl of the same downloads;
+    then, on another fresh store, a live reader's first 4 KiB at random offsets of an uncached
+    1 GiB file during such a prefetch vs with the mount idle."""
     file_size = 128 * MiB
     directory = DATA / "par"  # the parallel scenario's files (the first 8)
     for i in range(8):
@@ -1154,54 +1155,43 @@ def prefetch(ctx: Context) -> list[Row]:
     girder = ctx.girders.get("data")
     headers = ctx.girders.header_file("data")
     ordered = [files[f"p{i:02d}.bin"] for i in range(8)]
+    data_set = [_item(f, f"/p/{f.name}") for f in ordered]
     block = 4 * MiB
-    ours, theirs, idle, busy, seconds_all = [], [], [], [], []
+    ours, theirs, idle, busy, walls, during_mbps = [], [], [], [], [], []
     cleanup = Cleanup()
     try:
         for r in range(ctx.repeat):
             for f in [*ordered, big_f]:
                 read_file(f.path)
-            data_set = [_item(f, f"/p/{f.name}") for f in ordered] + [_item(big_f)]
+            # A: the prefetch alone, then curl of the same downloads.
             mount = start_wtfs(cleanup, girder, "prefetch", data_set,
                                store=_fresh_store("prefetch"))  # fmt: skip
-            live = mount.mountpoint / big_f.name
-            # Distinct blocks for every read of the run: none finds bytes another brought.
-            blocks = pyrandom.Random(r).sample(range(big_f.size // block), 50)
-            offsets = [b * block + 4096 * (b % 512) for b in blocks]
-            idle += [_first_bytes(live, o, big_f.path) for o in offsets[:10]]
-            started = time.perf_counter()
-            run = subprocess.Popen(
-                [sys.executable, "-m", "wtfs", "-c", str(mount.config_path), "prefetch",
-                 "--json", str(mount.mountpoint / "p")],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-            )  # fmt: skip
-            cleanup.push(
-                "wtfs prefetch", lambda run=run: run.kill() if run.poll() is None else None
-            )
-            during: list[float] = []
-            while run.poll() is None and len(during) < 40:
-                if _prefetch_running(mount):
-                    during.append(_first_bytes(live, offsets[10 + len(during)], big_f.path))
-                else:
-                    time.sleep(0.05)
-            out, err = run.communicate(timeout=1200)
-            wall = time.perf_counter() - started
-            if run.returncode != 0:
-                raise RuntimeError(f"prefetch failed ({run.returncode}): {err.strip()}")
-            record = json.loads(out)
-            if record["bytes"]["fetched"] != 8 * file_size:
-                raise RuntimeError(f"prefetch fetched {record['bytes']['fetched']} bytes")
+            record, wall, _ = _prefetch_run(cleanup, mount, 8 * file_size)
             ours.append(mbps(record["bytes"]["fetched"], record["seconds"]))
-            seconds_all.append(wall)
-            busy += during
+            walls.append(wall)
             _stop(cleanup, mount)
             nbytes, seconds = curl([_download_url(girder, f) for f in ordered], headers)
             theirs.append(mbps(nbytes, seconds))
+            # B: live reads, idle and during a prefetch (distinct blocks: none finds bytes
+            # another one brought).
+            mount = start_wtfs(cleanup, girder, "prefetch", [*data_set, _item(big_f)],
+                               store=_fresh_store("prefetch"))  # fmt: skip
+            live = mount.mountpoint / big_f.name
+            blocks = pyrandom.Random(r).sample(range(big_f.size // block), 50)
+            offsets = [b * block + 4096 * (b % 512) for b in blocks]
+            idle += [_first_bytes(live, o, big_f.path) for o in offsets[:10]]
+            record, _, during = _prefetch_run(
+                cleanup, mount, 8 * file_size,
+                functools.partial(_nth_first_bytes, live, offsets[10:], big_f.path),
+            )  # fmt: skip
+            during_mbps.append(mbps(record["bytes"]["fetched"], record["seconds"]))
+            busy += during
+            _stop(cleanup, mount)
             log(
                 f"prefetch run {r + 1}: {ours[-1]:.0f} MB/s ({wall:.1f}s with the command), "
                 f"curl {theirs[-1]:.0f} MB/s; first byte idle {median(idle) * 1000:.1f} ms, "
                 f"during {median(during) * 1000 if during else float('nan'):.1f} ms "
-                f"({len(during)} reads)"
+                f"({len(during)} reads; the prefetch then {during_mbps[-1]:.0f} MB/s)"
             )
     finally:
         cleanup.close()
@@ -1212,8 +1202,8 @@ def prefetch(ctx: Context) -> list[Row]:
     ctx.note(
         f"prefetch: 8 files × {file_size // MiB} MiB; MB/s over the run's own time (from the "
         f"daemon taking it up to its end); the command's wall time, with its start and the "
-        f"daemon's 2 s tick, was {median(seconds_all):.1f} s (median); {len(busy)} live reads "
-        "during the prefetches"
+        f"daemon's 2 s tick, was {median(walls):.1f} s (median); {len(busy)} live reads during "
+        f"prefetches, which then made {median(during_mbps):.0f} MB/s (median)"
     )
     return [
         _ratio_row("8a. prefetch 8 × 128 MiB into a mount's store", ours, "curl", theirs, 0.8),
@@ -1226,6 +1216,44 @@ def prefetch(ctx: Context) -> list[Row]:
             (not math.isnan(ratio)) and ratio <= 2.0,
         ),
     ]
+
+
+def _nth_first_bytes(path: Path, offsets: list[int], source: Path, n: int) -> float | None:
+    return _first_bytes(path, offsets[n], source) if n < len(offsets) else None
+
+
+def _prefetch_run(
+    cleanup: Cleanup,
+    mount: Any,
+    expected: int,
+    live: Callable[[int], float | None] | None = None,
+) -> tuple[dict[str, Any], float, list[float]]:
+    """`wtfs prefetch --json MNT/p`: its record, the command's wall time, and the seconds of
+    each `live(n)` call made while the prefetch was running (until `live` answers None)."""
+    started = time.perf_counter()
+    run = subprocess.Popen(
+        [sys.executable, "-m", "wtfs", "-c", str(mount.config_path), "prefetch", "--json",
+         str(mount.mountpoint / "p")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    cleanup.push("wtfs prefetch", lambda: run.kill() if run.poll() is None else None)
+    during: list[float] = []
+    while live is not None and run.poll() is None:
+        if not _prefetch_running(mount):
+            time.sleep(0.05)
+            continue
+        seconds = live(len(during))
+        if seconds is None:
+            break
+        during.append(seconds)
+    out, err = run.communicate(timeout=1200)
+    wall = time.perf_counter() - started
+    if run.returncode != 0:
+        raise RuntimeError(f"prefetch failed ({run.returncode}): {err.strip()}")
+    record: dict[str, Any] = json.loads(out)
+    if record["bytes"]["fetched"] != expected:
+        raise RuntimeError(f"prefetch fetched {record['bytes']['fetched']} of {expected} bytes")
+    return record, wall, during
 
 
 def _first_bytes(path: Path, offset: int, source: Path) -> float:
