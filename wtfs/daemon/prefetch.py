@@ -192,10 +192,10 @@ async def _alone(
                 nonlocal interrupted
                 import signal
 
+                # Open until the end: a second Ctrl-C must not interrupt the cleanup either.
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for _ in signals:
                         interrupted = True
-                        return
 
             nursery.start_soon(follow_until_done)
             nursery.start_soon(on_sigint)
