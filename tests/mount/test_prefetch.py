@@ -271,3 +271,17 @@ def test_ctrl_c_of_a_prefetch_without_a_mount_leaves_nothing_behind(
     again = json.loads(run_wtfs(["-c", str(config), "prefetch", "--json", str(session)], {}).stdout)
     assert again["state"] == "done"
     assert again["bytes"]["fetched"] == tree.total - present == downloaded(girder)
+
+
+def test_a_prefetch_in_a_mount_over_a_postgresql_index(
+    tmp_path: Path, base_config: dict[str, Any], girder: LocalGirder, tree: Tree, postgres_url: str
+) -> None:
+    """The cluster's backend: the request, its claim by the daemon and the progress go through
+    PostgreSQL as they do through SQLite."""
+    config = {**base_config, "index_url": postgres_url}
+    with mounted(tmp_path, config, [{"itemId": tree.folder, "mountPath": "/f"}]) as m:
+        record = json.loads(m.wtfs("prefetch", "--json", str(m.mountpoint / "f" / "sub")).stdout)
+        assert record["state"] == "done" and record["files"]["done"] == 2
+        assert cached(config) == {"/f/sub/b.bin": (True, 5 * MiB + 3), "/f/sub/c.txt": (True, 100)}
+        [listed] = m.status()["prefetches"]
+        assert listed["_id"] == record["_id"] and listed["state"] == "done"
