@@ -105,6 +105,13 @@ def test_a_path_inside_the_mount_is_a_subtree_not_a_session_file(
         missing = m.wtfs("prefetch", str(m.mountpoint / "f" / "nope"), check=False)
         assert missing.returncode == 3
         assert "/f/nope: no such file or directory in the session" in missing.stderr
+        # A config naming another store knows no daemon of this mount: one line, exit 2.
+        other = {**base_config, "private_storage_path": str(tmp_path / "other-store")}
+        run_wtfs(["-c", str(write_config(tmp_path / "other.yaml", other)), "gc"], m.env)
+        refused = run_wtfs(["-c", str(tmp_path / "other.yaml"), "prefetch", str(m.mountpoint)],
+                           m.env, check=False)  # fmt: skip
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+        assert "no running wtfs daemon of this store serves it" in refused.stderr
 
 
 def test_a_prefetch_without_a_mount_fills_the_store_a_later_mount_reads(
