@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from wtfs_index import EntryRow, Index, LockKind, Owner, PrefetchState, Ranges, entry_key
+from wtfs_index import EntryRow, Index, LockKind, NewEntry, Owner, PrefetchState, Ranges, entry_key
 
 from tests.index.conftest import claim, fetched, filled
 
@@ -98,11 +98,10 @@ def hashed_entry(
     index: Index, name: str, size: int, content_hash: str | None = "sha512:ab"
 ) -> EntryRow:
     source_key = f"girder:{name}"
-    return index.ensure_entry(
-        entry_key(source_key, "v1"), source_key=source_key, version="v1",
-        item_id=f"item-{name}", size=size, checksum=content_hash, content_hash=content_hash,
-        source="girder:x", path=f"/{name}", by_owner="test",
-    )  # fmt: skip
+    new = NewEntry(entry_key(source_key, "v1"), source_key, "v1", f"item-{name}", size,
+                   "girder:x", f"/{name}", checksum=content_hash,
+                   content_hash=content_hash)  # fmt: skip
+    return index.ensure_entry(new, by_owner="test")
 
 
 def test_a_complete_entry_with_the_same_contents_is_found_and_adopted(
