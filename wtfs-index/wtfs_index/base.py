@@ -1067,18 +1067,9 @@ class Index(ABC):
         self, *, session_id: str | None = None, ended_after: float | None = None
     ) -> list[TransferRow]:
         """Transfers, oldest first; `ended_after`: only those running or ended since then."""
-        where: list[str] = ["1=1"]
-        params: list[Any] = []
-        if session_id is not None:
-            where.append("session_id = ?")
-            params.append(session_id)
-        if ended_after is not None:
-            where.append("(end_time IS NULL OR end_time >= ?)")
-            params.append(ended_after)
+        where, params = _running_or_since(session_id, "end_time >=", ended_after)
         with self._read() as tx:
-            rows = tx.all(
-                f"SELECT * FROM transfers WHERE {' AND '.join(where)} ORDER BY id", params
-            )
+            rows = tx.all(f"SELECT * FROM transfers WHERE {where} ORDER BY id", params)
         return [_transfer(r) for r in rows]
 
     def transfer_counts(self) -> dict[int, int]:
@@ -1224,18 +1215,9 @@ class Index(ABC):
         self, *, session_id: str | None = None, ended_after: float | None = None
     ) -> list[PrefetchRow]:
         """Runs not ended, and those that ended after `ended_after` (None: every one)."""
-        where: list[str] = ["1=1"]
-        params: list[Any] = []
-        if session_id is not None:
-            where.append("session_id = ?")
-            params.append(session_id)
-        if ended_after is not None:
-            where.append("(ended IS NULL OR ended > ?)")
-            params.append(ended_after)
+        where, params = _running_or_since(session_id, "ended >", ended_after)
         with self._read() as tx:
-            rows = tx.all(
-                f"SELECT * FROM prefetches WHERE {' AND '.join(where)} ORDER BY id", params
-            )
+            rows = tx.all(f"SELECT * FROM prefetches WHERE {where} ORDER BY id", params)
         return [_prefetch(r) for r in rows]
 
     def prefetch_files(self, prefetch_id: int) -> list[PrefetchFileRow]:
@@ -1359,6 +1341,22 @@ def droppable(ranges: Ranges, keep: Ranges, align: int, wanted: int) -> list[tup
             chosen.append((start, end))
             total += end - start
     return chosen
+
+
+def _running_or_since(
+    session_id: str | None, ended: str, ended_after: float | None
+) -> tuple[str, list[Any]]:
+    """The WHERE of a history listing: of one session (None: all), and only rows still running
+    or whose end passes `ended` ("column op") against `ended_after` (None: every row)."""
+    where, params = ["1=1"], list[Any]()
+    if session_id is not None:
+        where.append("session_id = ?")
+        params.append(session_id)
+    if ended_after is not None:
+        column = ended.split()[0]
+        where.append(f"({column} IS NULL OR {ended} ?)")
+        params.append(ended_after)
+    return " AND ".join(where), params
 
 
 def _shrink(tx: Tx, key: str, row: Row, ranges: Ranges, reason: str, by_owner: str) -> None:

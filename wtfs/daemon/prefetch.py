@@ -21,7 +21,7 @@ from wtfs.cache.manager import CacheManager, CacheSettings
 from wtfs.cache.prefetch import Outcome, Prefetcher
 from wtfs.cache.store import Store
 from wtfs.config import Config
-from wtfs.errors import ConfigError, WtfsError
+from wtfs.errors import WtfsError
 from wtfs.girder.client import GirderClient, girder_client
 from wtfs.girder.metacache import FAILURES as METACACHE_FAILURES
 from wtfs.girder.metacache import MetadataCache
@@ -122,19 +122,14 @@ async def prefetch_alone(
     """Run a prefetch of a session's files over the store, without a mount; its record and
     its files at the end. A SIGINT (Ctrl-C) or SIGTERM stops it between blocks, recorded
     CANCELLED (the caller exits 130)."""
-    from wtfs.daemon.serve import open_store_index
+    from wtfs.daemon.serve import load_tree, open_store_index
 
     store = Store(config.private_storage_path, config.index_url)
     girder = girder_client(config)
     try:
         if not isinstance(session, Session):
             session = await session(girder)
-        tree = Tree(girder)
-        tree.check_deadline = config.network.read_deadline
-        try:
-            await tree.populate(session)
-        except WtfsError as exc:
-            raise ConfigError(f"session {session.session_id}: {exc.cause}") from None
+        tree = await load_tree(config, girder, session)
         try:
             tree.metacache = MetadataCache(store.root / "metadata")
         except METACACHE_FAILURES as exc:

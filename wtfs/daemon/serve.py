@@ -165,6 +165,18 @@ async def load_session(request: MountRequest, girder: GirderClient | None) -> Se
     return await fetch_session(girder, request.session_id)
 
 
+async def load_tree(config: Config, girder: GirderClient | None, session: Session) -> Tree:
+    """The session's tree, listed from Girder; a session that cannot be listed is bad input
+    (exit 2: nothing is mounted or fetched)."""
+    tree = Tree(girder)
+    tree.check_deadline = config.network.read_deadline
+    try:
+        await tree.populate(session)
+    except WtfsError as exc:
+        raise ConfigError(f"session {session.session_id}: {exc.cause}") from None
+    return tree
+
+
 async def serve(config: Config, request: MountRequest, ready: Ready) -> None:
     """Mount and serve until unmounted or signalled. Calls `ready` once, with None or the error."""
     tame_malloc()
@@ -174,12 +186,7 @@ async def serve(config: Config, request: MountRequest, ready: Ready) -> None:
     try:
         girder = girder_client(config)
         session = await load_session(request, girder)
-        tree = Tree(girder)
-        tree.check_deadline = config.network.read_deadline
-        try:
-            await tree.populate(session)
-        except WtfsError as exc:
-            raise ConfigError(f"session {session.session_id}: {exc.cause}") from None
+        tree = await load_tree(config, girder, session)
         check_mountpoint(mountpoint)
         index = open_store_index(store, config)  # last: a refused mount writes nothing
     except WtfsError as exc:
