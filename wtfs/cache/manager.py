@@ -868,6 +868,7 @@ class CacheManager:
                 await transfer.transferring()
 
             def on_retry(attempt: int, exc: WtfsError, delay: float) -> None:
+                run.attempts = attempt + 1
                 if target.transfer is not None:
                     target.transfer.retried(attempt)
                 log.warning(
@@ -899,6 +900,7 @@ class CacheManager:
                 if record is not None:
                     transfer = await record.made()
                 if transfer is not None:
+                    transfer.attempts = max(transfer.attempts, run.attempts)
                     await transfer.finish(run.transferred, error)
                 # Here, not after the transfer: a run cancelled by the last close may be the
                 # one that committed the last byte.

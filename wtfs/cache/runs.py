@@ -67,6 +67,9 @@ class Run:
         self.error: WtfsError | None = None
         self.finished = False
         self.transferred = 0
+        #: provider requests made so far (retries included), for the transfer record: the
+        #: record may be created after the first retry, while the fetch already runs
+        self.attempts = 1
         self.cancel_scope = trio.CancelScope()
         self._done = trio.Event()
         self._waiters: list[tuple[int, trio.Event]] = []
