@@ -6,6 +6,9 @@ Each test names a failure the soak met and fails when its cause comes back:
 - a run's unexpected error escaped into the manager's nursery, which cancelled it: readers
   then spun respawning runs that died at once (the busy loop), each leaving its Cancelled
   behind (the growth), until the nursery closed under them (the dead mount).
+- an open that found the entry another open had loaded and closed meanwhile took it as it was,
+  though nothing of this process had locked the file in between: the other daemon had dropped
+  and punched a block of it, served as zeros (the windowed soak's wrong bytes).
 """
 
 from __future__ import annotations
@@ -169,3 +172,56 @@ async def test_a_read_waits_for_another_process_s_eviction_in_flight(tmp_path: P
             with trio.fail_after(30):
                 assert await a.read(handle, 0, MiB) == MemoryProvider.blobs["mem://next"][:MiB]
             await a.release(handle)
+
+
+async def test_an_open_that_finds_an_entry_loaded_meanwhile_reads_what_the_store_holds_now(
+    tmp_path: Path,
+) -> None:
+    """The windowed soak's span of zeros (a whole block of huge.bin). An open waited for its lock
+    while another open of the same process loaded the entry, read it and closed it; a run of
+    that open still held the entry. In that gap nothing of this process locked the file, and
+    the other daemon dropped a block of it (its readers pinned elsewhere) and punched it. The
+    waiting open then took the entry it found as it was: still whole to this process, so its
+    read served the punched block as zeros. An entry no handle of ours holds must be checked
+    against the index's row, read after our lock, however the open came to it."""
+    MemoryProvider.reset()
+    blob = os.urandom(4 * MiB)
+    MemoryProvider.blobs["mem://huge"] = blob
+    f = ref("huge", len(blob))
+    async with (
+        make_manager(tmp_path, capacity=64 * MiB, block_size=MiB, session_id="a") as a,
+        make_manager(tmp_path, capacity=64 * MiB, block_size=MiB, session_id="b") as b,
+    ):
+        index = a.index
+        real_run = index.run
+        held: list[Any] = []
+        armed = [True]  # the first open_entry only: the one of the open under test
+
+        async def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            if fn == index.sync.open_entry and armed:
+                armed.clear()
+                # While this open waits for its lock, an earlier open of this process loads the
+                # entry, reads it whole and closes it, a run of its still winding down...
+                first = await a.open(f)
+                assert await a.read(first, 0, len(blob)) == blob
+                held.append(first.entry)
+                first.entry.retain()
+                await a.release(first)
+                # ...and the other daemon, reading elsewhere in the file, drops block 0.
+                other = await b.open(f)
+                assert await b.read(other, MiB, 4096) == blob[MiB : MiB + 4096]
+                freed, _ = await b.space.window(MiB)
+                assert freed == MiB
+                assert (await b.index.run(b.index.sync.get_entry, f.key)).ranges.find_missing(
+                    0, MiB
+                ) == [(0, MiB)]
+            return await real_run(fn, *args, **kwargs)
+
+        index.run = run  # type: ignore[method-assign]
+        handle = await a.open(f)
+        index.run = real_run  # type: ignore[method-assign]
+        assert held and handle.entry is held[0]  # the open took the entry it found loaded
+        data = bytes(await a.read(handle, 0, MiB))
+        assert data == blob[:MiB], "served bytes the other daemon had dropped"
+        await a.release(handle)
+        a._release_ref(held[0])

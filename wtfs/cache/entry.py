@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
-from wtfs_index import Ranges, entry_key
+from wtfs_index import EntryRow, Ranges, entry_key
 
 from wtfs.errors import WtfsError
 from wtfs.providers.base import Source
@@ -77,6 +77,13 @@ class LiveEntry:
         another process has dropped since (read as the hole's zeros)."""
         if ranges.gen >= self.ranges.gen:
             self.ranges = ranges
+
+    def know(self, row: EntryRow) -> None:
+        """Take the index's row of this entry as the truth, as of when it was read: the caller
+        holds a lock taken before that read, or nothing it knew of the entry would hold."""
+        self.learn(row.ranges)
+        self.complete = row.complete
+        self.windowed = row.windowed
 
     def retain(self) -> None:
         self.refs += 1

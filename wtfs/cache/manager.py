@@ -273,9 +273,7 @@ class CacheManager:
             if row is None or row.file_name != entry.file_name:
                 await self._replace_entry(entry)
             else:
-                entry.learn(row.ranges)
-                entry.complete = row.complete
-                entry.windowed = row.windowed
+                entry.know(row)
 
     def _retired_with_handles(self) -> list[LiveEntry]:
         seen = set(map(id, self._entries.values()))
@@ -434,6 +432,9 @@ class CacheManager:
             row = await self.index.run(self.index.sync.get_entry, entry.ref.key)
             if (row is None or row.file_name != entry.file_name) and not entry.retired:
                 await self._replace_entry(entry)
+            elif row is not None:
+                # Without a lock, others may have windowed the file and punched bytes of it.
+                entry.know(row)
 
     def _remember_complete(self, entry: LiveEntry) -> None:
         self._complete_files[entry.ref.key] = entry.file_name
@@ -444,13 +445,25 @@ class CacheManager:
     async def _entry_for(
         self, ref: FileRef, entry: LiveEntry | None, row: EntryRow | None = None
     ) -> LiveEntry:
-        """The live entry of `ref`, retained for the caller: `entry` (already retained) when it
-        still stands for the index's entry `row` (None: read it), else loaded afresh."""
-        if entry is not None:
+        """The live entry of `ref`, retained for the caller: `entry` (already retained), or the
+        one this process has loaded meanwhile, when it still stands for the index's entry `row`
+        (read after the caller's lock; None: read it now), else one loaded afresh.
+
+        An entry that no handle of ours holds is checked against the index however we came to
+        it: while nothing of ours locked the file, another process may have evicted it, or
+        dropped and punched bytes of it that we still take for present (the windowed soak's
+        block of zeros: an open waiting for its lock found the entry another open had loaded,
+        read and closed meanwhile).
+        """
+        while True:
+            if entry is None:
+                async with self._load_lock:  # concurrent first opens must share one LiveEntry
+                    entry = self._entries.get(ref.key)
+                    if entry is None:
+                        return await self._load_entry(ref, row)
+                    entry.retain()
             if entry.handles and not entry.retired:
                 return entry  # our locks kept it: what we know of it holds
-            # Held only by a run winding down: while nothing of ours locked it, another process
-            # may have evicted it. Keep it only if the index still names its file.
             if row is None:
                 try:
                     row = await self.index.run(self.index.sync.get_entry, ref.key)
@@ -458,18 +471,13 @@ class CacheManager:
                     self._release_ref(entry)
                     raise
             if row is not None and row.file_name == entry.file_name and not entry.retired:
-                entry.learn(row.ranges)
-                entry.complete = row.complete
-                entry.windowed = row.windowed
+                entry.know(row)
                 return entry
             self._retire(entry)
             self._release_ref(entry)
-        async with self._load_lock:  # concurrent first opens must share one LiveEntry
-            entry = self._entries.get(ref.key)
-            if entry is not None:
-                entry.retain()
-                return entry
-            return await self._load_entry(ref, row)
+            entry = None
+            if row is not None and self._entries.get(ref.key) is not None:
+                row = None  # loaded by another open since our row was read: ask again
 
     async def _load_entry(self, ref: FileRef, row: EntryRow | None) -> LiveEntry:
         if row is None:
