@@ -225,3 +225,42 @@ async def test_an_open_that_finds_an_entry_loaded_meanwhile_reads_what_the_store
         assert data == blob[:MiB], "served bytes the other daemon had dropped"
         await a.release(handle)
         a._release_ref(held[0])
+
+
+async def test_a_read_that_outlasts_half_a_lease_renews_it_before_serving(tmp_path: Path) -> None:
+    """A read that waited while this process could not renew its lease (stopped, or its index
+    stalled) must not serve what it knew before: its locks may have been taken by another host
+    meanwhile, which then dropped and punched those bytes. It renews first, and on finding its
+    owner gone registers again and looks at the file anew."""
+    MemoryProvider.reset()
+    blob = os.urandom(4 * MiB)
+    MemoryProvider.blobs["mem://f"] = blob
+    f = ref("f", len(blob))
+    async with (
+        make_manager(tmp_path, capacity=64 * MiB, block_size=MiB, session_id="a") as a,
+        make_manager(tmp_path, capacity=64 * MiB, block_size=MiB, session_id="b") as b,
+    ):
+        mine = await a.open(f)
+        assert await a.read(mine, 4096, MiB - 4096) == blob[4096:MiB]  # no read-ahead
+        MemoryProvider.gate = trio.Event()  # the next fetch stalls
+        got: list[bytes] = []
+
+        async def read_across() -> None:  # the end of block 0 (present) and block 1 (not yet)
+            got.append(bytes(await a.read(mine, MiB - 4096, 8192)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_across)
+            while not MemoryProvider.requests[1:]:
+                await trio.testing.wait_all_tasks_blocked(0.01)
+            # Meanwhile this process's lease ran out: its owner, locks and claims are reclaimed
+            # (as another host does), and the other daemon, its reader far ahead, drops block 0.
+            a._renewed_at = trio.current_time() - a.settings.lease
+            a.index.sync.unregister_owner(a.owner.owner_id)
+            other = await b.open(f)
+            b.index.sync.set_pins(f.key, [(other.lock_id, 3 * MiB, 4 * MiB)])
+            freed, _ = await b.space.window(MiB)
+            assert freed > 0
+            MemoryProvider.gate.set()
+        assert got == [blob[MiB - 4096 : MiB + 4096]], "served bytes dropped as the lease ran out"
+        await a.release(mine)
+        await b.release(other)

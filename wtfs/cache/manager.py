@@ -643,6 +643,13 @@ class CacheManager:
         try:
             with trio.move_on_after(self.settings.read_deadline) as deadline:
                 hit = await self._ensure(handle, offset, end, sequential)
+                while trusted and self._lease_in_doubt():
+                    # The wait outlasted half a lease (a stopped process, a stalled index):
+                    # another host may have taken our locks and pins meanwhile, and dropped
+                    # the bytes we just found. Renew first; after a re-registration, look again.
+                    trusted = await self._revalidate()
+                    if trusted:
+                        hit = await self._ensure(handle, offset, end, sequential)
         finally:
             self._live_waiting -= 1
             handle.reading[(offset, end)] -= 1
