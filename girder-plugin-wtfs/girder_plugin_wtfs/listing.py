@@ -33,6 +33,8 @@ from girder.models.folder import Folder
 from girder.models.item import Item
 
 ROUTE = "wtfs"
+#: the largest page; the wtfs client asks for pages of this size (wtfs.girder.client
+#: BULK_PAGE_SIZE) and takes a shorter one for the last: lowering it needs the client's lowered
 MAX_LIMIT = 5000
 
 

@@ -33,6 +33,10 @@ from wtfs.httpstatus import status_error, transport_error
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
+# A page of the wtfs plugin's bulk listing: its largest (girder_plugin_wtfs.listing.MAX_LIMIT,
+# which a plugin test holds this to). Each page costs the server a walk of the folder's items to
+# the page's offset and one files query: 10,000 items take 3 requests rather than 11.
+BULK_PAGE_SIZE = 5000
 METADATA_ATTEMPTS = 4
 TOKEN_DAYS = 30.0
 # Refresh a token when less than this fraction of its lifetime is left.
@@ -182,16 +186,18 @@ class GirderClient:
             return response.json()
         raise AssertionError("unreachable")
 
-    async def paged(self, path: str, params: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def paged(
+        self, path: str, params: Mapping[str, Any], page_size: int = PAGE_SIZE
+    ) -> AsyncIterator[dict[str, Any]]:
         """Every result of a paginated listing; never trusts a single page to be all of it."""
         offset = 0
         while True:
-            page = await self.get_json(path, {**params, "limit": PAGE_SIZE, "offset": offset})
+            page = await self.get_json(path, {**params, "limit": page_size, "offset": offset})
             if not isinstance(page, list):
                 raise TransferFailed(f"GET {path}: expected a list, got {type(page).__name__}")
             for entry in page:
                 yield entry
-            if len(page) < PAGE_SIZE:
+            if len(page) < page_size:
                 return
             offset += len(page)
 
@@ -282,7 +288,8 @@ class GirderClient:
         if self._bulk_listing is False:
             return None
         try:
-            items = [i async for i in self.paged(f"wtfs/folder/{folder_id}/items", {"sort": "_id"})]
+            path = f"wtfs/folder/{folder_id}/items"
+            items = [i async for i in self.paged(path, {"sort": "_id"}, BULK_PAGE_SIZE)]
         except NotFound:
             if self._bulk_listing is None:
                 log.info("Girder has no wtfs plugin: listing files one item at a time")
