@@ -19,7 +19,7 @@ from wtfs_index.owner import Owner
 
 from tests.support.memprovider import MemoryProvider
 from wtfs.cache.aindex import AsyncIndex
-from wtfs.cache.manager import CacheManager, CacheSettings
+from wtfs.cache.manager import RANDOM_SPAN, CacheManager, CacheSettings
 from wtfs.cache.store import Store
 from wtfs.config import Config, MountConfig
 from wtfs.fuse.operations import Operations
@@ -127,8 +127,10 @@ async def test_read_fetches_only_the_blocks_it_needs_then_serves_from_store(
     blob = MemoryProvider.blobs["mem://big"]
     offset = 7 * MiB + 1000
     assert await ops.read(info.fh, offset, 4096) == blob[offset : offset + 4096]
-    # One request, from the page the read needs (not the block's start) to the block's end.
-    assert MemoryProvider.requests == [("mem://big", offset - offset % 4096, 8 * MiB)]
+    # One request, from the page the read needs (not the block's start), of RANDOM_SPAN bytes
+    # (not the rest of the block).
+    page = offset - offset % 4096
+    assert MemoryProvider.requests == [("mem://big", page, page + RANDOM_SPAN)]
     assert await ops.read(info.fh, offset + 10, 100) == blob[offset + 10 : offset + 110]
     assert len(MemoryProvider.requests) == 1  # served from the store
     await ops.release(info.fh)

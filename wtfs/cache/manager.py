@@ -66,6 +66,11 @@ PERMANENT = (AccessDenied, NotFound, SizeMismatch)
 STREAM_BLOCKS = 16
 # A random read's run starts at the page it needs, not at its block's start.
 PAGE = 4096
+# ...and fetches this much (or the read, if longer), not the rest of its block: a random 4 KiB
+# read cost a 4 MiB download, whose tail the next random read's request queued behind at the
+# server (or which its close cut, losing the kept-alive connection). A reader that goes on
+# reading turns sequential at its next request and streams from there.
+RANDOM_SPAN = 256 * 1024
 BUSY_POLL = 0.05
 HEARTBEAT = 1.0
 # A heartbeat that keeps failing (the index unreachable, its disk full) is logged once, then
@@ -764,9 +769,16 @@ class CacheManager:
                     await trio.sleep(BUSY_POLL)
                     await self._refresh_ranges(entry)
                     continue
-                ahead = STREAM_BLOCKS - 1 if sequential else 0
-                run_start = missing if sequential else missing - missing % PAGE
-                run = self._start_run(entry, run_start, last_block=missing // bs + ahead)
+                if sequential:
+                    run = self._start_run(
+                        entry, missing, last_block=missing // bs + STREAM_BLOCKS - 1
+                    )
+                else:
+                    run_start = missing - missing % PAGE
+                    run = self._start_run(
+                        entry, run_start, last_block=missing // bs,
+                        stop=max(end, run_start + RANDOM_SPAN),
+                    )  # fmt: skip
                 if run is None:
                     await trio.sleep(BUSY_POLL)  # overlapped by a run just ending: look again
                     continue
@@ -815,13 +827,16 @@ class CacheManager:
         last_block: int,
         transfer: Transfer | None = None,
         ahead: bool = False,
+        stop: int | None = None,
     ) -> Run | None:
-        """Fetch the missing bytes from `start` up to the end of `last_block`, stopping before
-        bytes that are present or that a run of ours is on its way to. None: nothing to do."""
+        """Fetch the missing bytes from `start` up to the end of `last_block` (or `stop`, if
+        before), stopping before bytes that are present or that a run of ours is on its way
+        to. None: nothing to do."""
         if self._closing or self._nursery is None:
             raise TransferFailed(f"{entry.ref.path}: the mount is being unmounted")
         bs = self.settings.block_size
-        missing = entry.unwritten(start, min(entry.ref.size, (last_block + 1) * bs))
+        limit = min(entry.ref.size, (last_block + 1) * bs, stop if stop is not None else 1 << 62)
+        missing = entry.unwritten(start, limit)
         if not missing:
             return None
         start, end = missing[0]
