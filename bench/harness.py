@@ -579,19 +579,29 @@ def random_offsets(size: int, count: int, block: int, seed: int) -> list[int]:
 
 
 def random_reads(
-    path: Path, size: int, count: int, block: int, source: Path, seed: int
+    path: Path,
+    size: int,
+    count: int,
+    block: int,
+    source: Path,
+    seed: int,
+    parts: list[tuple[float, float]] | None = None,
 ) -> list[float]:
     """`count` × (open + 4 KiB pread + close) at `random_offsets(size, count, block, seed)`.
 
-    Returns seconds per sample; every answer is checked against the source bytes.
+    Returns seconds per sample; every answer is checked against the source bytes. `parts`, if
+    given, gets (open, pread) seconds per sample: where the time of a first byte goes.
     """
     samples = []
     with open(source, "rb") as src:
         for offset in random_offsets(size, count, block, seed):
             started = time.perf_counter()
             fd = os.open(path, os.O_RDONLY)
+            opened = time.perf_counter()
             try:
                 data = os.pread(fd, 4096, offset)
+                if parts is not None:
+                    parts.append((opened - started, time.perf_counter() - opened))
             finally:
                 os.close(fd)
             samples.append(time.perf_counter() - started)

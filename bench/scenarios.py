@@ -495,6 +495,7 @@ def random(ctx: Context) -> list[Row]:
     names = ("wtfs", "rtt", "gcm", "rclone")
     per_run: dict[str, list[float]] = {k: [] for k in names}
     worst: dict[str, float] = dict.fromkeys(names, 0.0)
+    wtfs_parts: list[tuple[float, float]] = []  # (open, pread) of each wtfs sample
 
     def record(name: str, samples: list[float]) -> None:
         per_run[name].append(median(samples))
@@ -506,7 +507,8 @@ def random(ctx: Context) -> list[Row]:
         for r in range(ctx.repeat):
             read_file(f.path)
             mount = start_wtfs(cleanup, girder, "random", [_item(f)], store=_fresh_store("random"))
-            record("wtfs", random_reads(mount.mountpoint / f.name, f.size, count, block, f.path, r))
+            record("wtfs", random_reads(mount.mountpoint / f.name, f.size, count, block, f.path, r,
+                                        parts=wtfs_parts))  # fmt: skip
             _stop(cleanup, mount)
 
             offsets = random_offsets(f.size, count, block, seed=r)  # the same offsets
@@ -540,7 +542,9 @@ def random(ctx: Context) -> list[Row]:
         "connection opened by an untimed first request; the same 20 offsets as the mounts. "
         f"Worst samples (ms): wtfs {worst['wtfs'] * 1000:.0f}, round trip "
         f"{worst['rtt'] * 1000:.0f}, gcm {worst['gcm'] * 1000:.0f}, rclone "
-        f"{worst['rclone'] * 1000:.0f}"
+        f"{worst['rclone'] * 1000:.0f}. wtfs's median open "
+        f"{median([o for o, _ in wtfs_parts]) * 1000:.1f} ms, pread "
+        f"{median([p for _, p in wtfs_parts]) * 1000:.1f} ms"
     )
     metric = "3. first 4 KiB at a random offset, uncached 1 GiB (median of 20, open+pread)"
     return [
