@@ -79,6 +79,21 @@ async def test_a_reopen_while_a_run_winds_down_never_reads_a_closed_descriptor(
     assert manager._entries == {}  # every descriptor closed with its last reference
 
 
+@contextlib.asynccontextmanager
+async def two_daemons(
+    tmp_path: Path, name: str
+) -> AsyncIterator[tuple[CacheManager, CacheManager, FileRef, bytes]]:
+    """Two daemons' managers on one store and index, and a 4 MiB file both can read."""
+    MemoryProvider.reset()
+    blob = os.urandom(4 * MiB)
+    MemoryProvider.blobs[f"mem://{name}"] = blob
+    async with (
+        make_manager(tmp_path, capacity=64 * MiB, block_size=MiB, session_id="a") as a,
+        make_manager(tmp_path, capacity=64 * MiB, block_size=MiB, session_id="b") as b,
+    ):
+        yield a, b, ref(name, len(blob)), blob
+
+
 async def _read_quietly(manager: CacheManager, handle: object, offset: int) -> None:
     with contextlib.suppress(WtfsError):
         await manager.read(handle, offset, 4096)  # type: ignore[arg-type]
@@ -184,14 +199,7 @@ async def test_an_open_that_finds_an_entry_loaded_meanwhile_reads_what_the_store
     waiting open then took the entry it found as it was: still whole to this process, so its
     read served the punched block as zeros. An entry no handle of ours holds must be checked
     against the index's row, read after our lock, however the open came to it."""
-    MemoryProvider.reset()
-    blob = os.urandom(4 * MiB)
-    MemoryProvider.blobs["mem://huge"] = blob
-    f = ref("huge", len(blob))
-    async with (
-        make_manager(tmp_path, capacity=64 * MiB, block_size=MiB, session_id="a") as a,
-        make_manager(tmp_path, capacity=64 * MiB, block_size=MiB, session_id="b") as b,
-    ):
+    async with two_daemons(tmp_path, "huge") as (a, b, f, blob):
         index = a.index
         real_run = index.run
         held: list[Any] = []
@@ -232,14 +240,7 @@ async def test_a_read_that_outlasts_half_a_lease_renews_it_before_serving(tmp_pa
     stalled) must not serve what it knew before: its locks may have been taken by another host
     meanwhile, which then dropped and punched those bytes. It renews first, and on finding its
     owner gone registers again and looks at the file anew."""
-    MemoryProvider.reset()
-    blob = os.urandom(4 * MiB)
-    MemoryProvider.blobs["mem://f"] = blob
-    f = ref("f", len(blob))
-    async with (
-        make_manager(tmp_path, capacity=64 * MiB, block_size=MiB, session_id="a") as a,
-        make_manager(tmp_path, capacity=64 * MiB, block_size=MiB, session_id="b") as b,
-    ):
+    async with two_daemons(tmp_path, "f") as (a, b, f, blob):
         mine = await a.open(f)
         assert await a.read(mine, 4096, MiB - 4096) == blob[4096:MiB]  # no read-ahead
         MemoryProvider.gate = trio.Event()  # the next fetch stalls
