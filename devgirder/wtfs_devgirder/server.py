@@ -586,6 +586,15 @@ class DevMiddleware:
             if is_download:
                 stats.download_bytes += n
 
+        # Bytes handed to a connection the client has closed are dropped by uvicorn without a
+        # word (its `send` returns), and Girder goes on making them: counting those would count
+        # bytes nobody received (a client that stopped reading, a run cut by another's claim).
+        # The server's cycle knows; other servers show no such flag and everything counts.
+        cycle = getattr(send, "__self__", None)
+
+        def gone() -> bool:
+            return bool(getattr(cycle, "disconnected", False))
+
         async def counting_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
@@ -598,8 +607,9 @@ class DevMiddleware:
             body: bytes = message.get("body", b"")
             bps = self.throttle_bps
             if not (is_download and bps and body):
-                count(len(body))
                 await send(message)
+                if not gone():
+                    count(len(body))
                 return
             step = max(1, int(bps * THROTTLE_SLICE_SECONDS))
             more_body = bool(message.get("more_body", False))
@@ -613,6 +623,8 @@ class DevMiddleware:
                         "more_body": more_body if last else True,
                     }
                 )
+                if gone():
+                    return  # the rest would go nowhere: stop pacing it
                 count(len(piece))
                 current = self.throttle_bps
                 if current:
