@@ -188,7 +188,9 @@ def test_ctrl_c_cancels_and_a_second_run_fetches_only_what_is_missing(
 ) -> None:
     settings = {**base_config, "block_size": "1MiB"}
     with mounted(tmp_path, settings, [{"itemId": tree.folder, "mountPath": "/f"}]) as m:
-        girder.throttle(MiB)  # b.bin takes 5 s: Ctrl-C comes in the middle of it
+        # b.bin takes 20 s: Ctrl-C comes in the middle of it, whatever the two `wtfs status`
+        # calls below cost (at 1 MiB/s a full CI run once saw the prefetch end before Ctrl-C).
+        girder.throttle(256 * 1024)
         run = subprocess.Popen(
             [sys.executable, "-m", "wtfs", "-c", str(m.config_path), "prefetch", str(m.mountpoint)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=m.env, cwd=ROOT,
