@@ -835,7 +835,9 @@ class CacheManager:
         if self._closing or self._nursery is None:
             raise TransferFailed(f"{entry.ref.path}: the mount is being unmounted")
         bs = self.settings.block_size
-        limit = min(entry.ref.size, (last_block + 1) * bs, stop if stop is not None else 1 << 62)
+        limit = min(entry.ref.size, (last_block + 1) * bs)
+        if stop is not None:
+            limit = min(limit, stop)
         missing = entry.unwritten(start, limit)
         if not missing:
             return None
