@@ -35,7 +35,8 @@ class Transfer:
 
     async def _update(self, **fields: Any) -> None:
         try:
-            await self.index.run(self.index.sync.transfer_update, self.id, **fields)
+            async with self.index.aside():
+                await self.index.run(self.index.sync.transfer_update, self.id, **fields)
         except WtfsError as exc:
             log.warning("transfer %d: record not updated: %s", self.id, exc.cause)
 
@@ -101,10 +102,11 @@ class TransferLog:
                 TransferStatus.TRANSFERRING if transferring else TransferStatus.INITIALIZING
             ),
         )
-        if wait is None:
-            return Transfer(self.index, await self.index.run(create), size)
-        with trio.move_on_after(wait):
-            return Transfer(self.index, await self.index.run_retrying(create), size)
+        async with self.index.aside():
+            if wait is None:
+                return Transfer(self.index, await self.index.run(create), size)
+            with trio.move_on_after(wait):
+                return Transfer(self.index, await self.index.run_retrying(create), size)
         raise IndexUnavailable(f"{path}: {self.index.unreachable} (for {wait:g}s)")
 
     def resume(self, transfer_id: int, size: int) -> Transfer:
