@@ -10,11 +10,12 @@ saying how to install the plugin; the server's 400 messages are shown in its own
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from wtfs.errors import ConfigError, NotFound, TransferFailed
-from wtfs.girder.client import PAGE_SIZE, BadRequest, GirderClient
+from wtfs.girder.client import BadRequest, GirderClient
 
 ROUTE = "dm/session"
 INSTALL_HINT = (
@@ -39,8 +40,16 @@ async def _call(
     data: dict[str, str] | None = None,
 ) -> Any:
     """One call of the session API; ``refused`` introduces the server's 400 message."""
-    try:
+    with _plain_errors(girder, refused):
         return await girder.request_json(method, path, params=params, data=data)
+
+
+@contextmanager
+def _plain_errors(girder: GirderClient, refused: str) -> Iterator[None]:
+    """The session API's answers in one line: a 404 is a Girder without the plugin, a 400 the
+    server's own message after ``refused``."""
+    try:
+        yield
     except NotFound:
         raise no_plugin(girder) from None
     except BadRequest as exc:
@@ -65,21 +74,9 @@ async def create_session(
 
 async def list_sessions(girder: GirderClient, *, every: bool = False) -> list[dict[str, Any]]:
     """`GET /dm/session`, every page: the caller's sessions (``every``: all they may read)."""
-    records: list[dict[str, Any]] = []
-    while True:
-        params = {"all": str(every).lower(), "sort": "_id", "limit": PAGE_SIZE}
-        page = await _call(
-            girder,
-            "GET",
-            ROUTE,
-            "Girder refused the listing",
-            params={**params, "offset": len(records)},
-        )
-        if not isinstance(page, list):
-            raise TransferFailed(f"GET /{ROUTE}: expected a list, got {type(page).__name__}")
-        records.extend(_record(r, "GET") for r in page)
-        if len(page) < PAGE_SIZE:  # never trust one page to be all of it
-            return records
+    params = {"all": str(every).lower(), "sort": "_id"}
+    with _plain_errors(girder, "Girder refused the listing"):
+        return [_record(r, "GET") async for r in girder.paged(ROUTE, params)]
 
 
 async def delete_session(girder: GirderClient, session_id: str) -> None:
