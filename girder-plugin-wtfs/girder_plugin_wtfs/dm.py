@@ -4,7 +4,7 @@ A session names the Girder objects a mount shows and where (`dataSet`); `wtfs mo
 --session-id ID` reads it with `GET /dm/session/{id}`, so that a tale's data is described once,
 in Girder, with Girder's access rules, instead of in a file on every machine that mounts it.
 
-    POST   /dm/session?dataSet=[...]            create (girder_plugin_wtfs.dataset's rules)
+    POST   /dm/session?dataSet=[...]            create (wtfs_index.dataset's rules)
     GET    /dm/session[?all=true]               the caller's sessions (all: every one readable)
     GET    /dm/session/{id}[?loadObjects=true]  one session (with each entry's type and object)
     DELETE /dm/session/{id}                     delete it (SESSION_DELETE_EVENT releases locks)
@@ -33,8 +33,8 @@ from girder.constants import AccessType, SortDir, TokenScope
 from girder.exceptions import RestException
 from girder.models.folder import Folder
 from girder.models.item import Item
+from wtfs_index.dataset import DataSetError, check_data_set
 
-from girder_plugin_wtfs.dataset import DataSetError, check_data_set
 from girder_plugin_wtfs.session import Session, find_object, model_of, object_id
 
 ROUTE = "dm"

@@ -27,8 +27,7 @@ from girder.constants import AccessType
 from girder.models.folder import Folder
 from girder.models.item import Item
 from girder.models.model_base import AccessControlledModel
-
-from girder_plugin_wtfs.dataset import DataSetEntry
+from wtfs_index.dataset import DataSetEntry
 
 SESSION_DELETE_EVENT = "dm.session.delete"
 """The hook for releasing a session's locks: fired just before a session is removed.

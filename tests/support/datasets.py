@@ -1,7 +1,7 @@
 """DataSets both sides must judge alike: the client's `parse_session` (a session file, before a
-mount or `wtfs session create`) and the server plugin's `POST /dm/session`
-(girder_plugin_wtfs.dataset). The two are separate code (the plugin cannot import wtfs); these
-tables are what keeps their rules the same. tests/unit/test_session.py runs them on the client,
+mount or `wtfs session create`) and the server plugin's `POST /dm/session`. Both apply
+`wtfs_index.dataset`'s rules; these tables check that each applies them, with its own framing
+of the message. tests/unit/test_session.py runs them on the client,
 tests/plugin/test_session_api.py on the server.
 """
 

@@ -1,10 +1,11 @@
-"""The rules a session's dataSet must follow, checked before anything touches the database.
+"""The rules a session's dataSet must follow: one home for the client and the server.
 
-The same rules as the wtfs client's `wtfs.namespace.session.parse_session`, so that a dataSet
-`wtfs mount` accepts from a file is one this server accepts, and one it refuses is refused here
-with the same words. The code is not shared: the plugin runs in Girder's environment, which has
-no `wtfs` (and must not need it); tests/support/datasets.py holds the bad inputs both are tested
-against. Pure Python (no Girder import), so the rules read on their own.
+The wtfs client checks a session file with them (`wtfs.namespace.session.parse_session`,
+before a mount or `wtfs session create`), the server plugin each `POST /dm/session`
+(girder_plugin_wtfs.dm), before anything touches its database: a dataSet one accepts, the
+other accepts, in the same words when refused. Here because both install this package and
+neither may import the other (the plugin runs in Girder's environment, without the daemon; the
+daemon runs without Girder). Pure Python, no imports beyond the standard library.
 
 A dataSet is a non-empty list of `{itemId, mountPath}` (the `type` and `obj` keys that
 `loadObjects` adds are accepted and dropped, so a fetched record can be posted back). A
@@ -32,6 +33,10 @@ class DataSetError(ValueError):
 class DataSetEntry:
     item_id: str
     mount_path: str  # normalised, absolute, never "/"
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(self.mount_path.strip("/").split("/"))
 
 
 def check_data_set(data: Any) -> list[DataSetEntry]:
