@@ -6,9 +6,9 @@ where a write that met a full disk (`DiskFull`, SQLite's "database or disk is fu
 once more after making room (`on_full`, the GC): the failed transaction was rolled back, so
 trying it again is safe.
 
-Calls no reader waits for (transfer records, the release of a closed file's lock) step
-`aside`: a random read's open and claim each took ~0.5 ms more in the bench, queued at the one
-worker behind the previous read's bookkeeping.
+Calls no reader waits for (transfer records) step `aside`: a random read's claim took ~0.5 ms
+more in the bench, queued at the one worker behind the previous read's bookkeeping. A lock's
+release does not: held longer, it keeps files from the GC.
 """
 
 from __future__ import annotations
