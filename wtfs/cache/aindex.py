@@ -5,20 +5,15 @@ This is where the index's own failures become wtfs errors (`wtfs.errors.from_ind
 where a write that met a full disk (`DiskFull`, SQLite's "database or disk is full") is tried
 once more after making room (`on_full`, the GC): the failed transaction was rolled back, so
 trying it again is safe.
-
-Calls no reader waits for (transfer records) step `aside`: a random read's claim took ~0.5 ms
-more in the bench, queued at the one worker behind the previous read's bookkeeping. A lock's
-release does not: held longer, it keeps files from the GC.
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 import trio
@@ -38,13 +33,6 @@ RETRY_MAX = 2.0
 #: set while this task is making room for the index: the GC's own index calls must not recurse
 _making_room: contextvars.ContextVar[bool] = contextvars.ContextVar("making_room", default=False)
 
-#: how long a call that steps aside lets the others go first, at most (seconds): bounded, so
-#: under a steady load of reads the bookkeeping is late, never starved
-ASIDE_AT_MOST = 0.05
-
-#: set inside `AsyncIndex.aside`: this task's calls do not hold back those that step aside
-_stepping_aside: contextvars.ContextVar[bool] = contextvars.ContextVar("aside", default=False)
-
 
 class AsyncIndex:
     def __init__(self, index: Index) -> None:
@@ -55,22 +43,6 @@ class AsyncIndex:
         self.unreachable: str | None = None
         #: makes room on the store's disk (the GC); True when it freed any. Set by the cache.
         self.on_full: Callable[[], Awaitable[bool]] | None = None
-        #: calls waiting for the worker or running on it, but those that stepped aside
-        self._pressing = 0
-        self._calm = trio.Event()  # set (and replaced) whenever `_pressing` falls to 0
-
-    @contextlib.asynccontextmanager
-    async def aside(self) -> AsyncIterator[None]:
-        """Index calls made inside let the others (an open's lock, a fetch's claim) go first:
-        they wait until no other call waits for the worker, for up to `ASIDE_AT_MOST`."""
-        with trio.move_on_after(ASIDE_AT_MOST):
-            while self._pressing:
-                await self._calm.wait()
-        token = _stepping_aside.set(True)
-        try:
-            yield
-        finally:
-            _stepping_aside.reset(token)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
@@ -91,8 +63,6 @@ class AsyncIndex:
     async def run_direct(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """As `run`, without making room on a full disk: for the GC's own calls, which hold
         the lock that making room would take again."""
-        pressing = not _stepping_aside.get()
-        self._pressing += pressing
         try:
             result = await trio.to_thread.run_sync(
                 functools.partial(fn, *args, **kwargs), limiter=self._limiter
@@ -102,12 +72,6 @@ class AsyncIndex:
             if isinstance(error, IndexUnavailable):
                 self.unreachable = error.cause
             raise error from None
-        finally:
-            if pressing:
-                self._pressing -= 1
-                if not self._pressing:
-                    self._calm.set()
-                    self._calm = trio.Event()
         self.unreachable = None
         return result
 

@@ -366,8 +366,6 @@ class CacheManager:
         if lock_id < 0:  # opened while the index could not be reached: no lock was taken
             return
         try:
-            # Not `aside`: a closed file's lock held up to 50 ms longer under load kept files
-            # from the GC, and the windowed soak ran out of room (ENOSPC, 1 run in 4).
             eviction = await self.index.run(
                 self.index.sync.release_lock, lock_id, self.owner.owner_id
             )

@@ -35,8 +35,7 @@ class Transfer:
 
     async def _update(self, **fields: Any) -> None:
         try:
-            async with self.index.aside():
-                await self.index.run(self.index.sync.transfer_update, self.id, **fields)
+            await self.index.run(self.index.sync.transfer_update, self.id, **fields)
         except WtfsError as exc:
             log.warning("transfer %d: record not updated: %s", self.id, exc.cause)
 
@@ -102,11 +101,10 @@ class TransferLog:
                 TransferStatus.TRANSFERRING if transferring else TransferStatus.INITIALIZING
             ),
         )
-        async with self.index.aside():
-            if wait is None:
-                return Transfer(self.index, await self.index.run(create), size)
-            with trio.move_on_after(wait):
-                return Transfer(self.index, await self.index.run_retrying(create), size)
+        if wait is None:
+            return Transfer(self.index, await self.index.run(create), size)
+        with trio.move_on_after(wait):
+            return Transfer(self.index, await self.index.run_retrying(create), size)
         raise IndexUnavailable(f"{path}: {self.index.unreachable} (for {wait:g}s)")
 
     def resume(self, transfer_id: int, size: int) -> Transfer:
