@@ -162,7 +162,8 @@ class Worker(threading.Thread):
             while chunk := handle.read(MiB):
                 digest.update(chunk)
                 if len(wrong) < 3 and chunk != f.expected(size, len(chunk)):
-                    wrong.append(_where_wrong(chunk, f.expected(size, len(chunk)), size))
+                    where = _where_wrong(chunk, f.expected(size, len(chunk)), size)
+                    wrong.append(f"{where} read at {_clock()} through {self.mount.parent.name}")
                 size += len(chunk)
         if digest.hexdigest() != f.sha256:
             self.tally.wrong(f"{kind} {f.name}: sha256 mismatch ({size} bytes): {wrong}")
@@ -174,7 +175,9 @@ class Worker(threading.Thread):
                 offset = self.rng.randrange(f.size - 4096)
                 data = os.pread(handle.fileno(), 4096, offset)
                 if data != f.expected(offset, 4096):
-                    self.tally.wrong(f"{kind} {f.name}@{offset}")
+                    self.tally.wrong(
+                        f"{kind} {f.name}@{offset} at {_clock()} through {self.mount.parent.name}"
+                    )
                 self.tally.op(kind, len(data))
 
     def sequential(self) -> None:
@@ -204,6 +207,12 @@ class Worker(threading.Thread):
                 if self.rng.random() < 0.25:
                     handle.read(1)
             self.tally.op("open/close")
+
+
+def _clock() -> str:
+    """Wall-clock time as the daemons' logs write it, to find a wrong read in them."""
+    now = time.time()
+    return time.strftime("%H:%M:%S", time.localtime(now)) + f",{int(now * 1000) % 1000:03d}"
 
 
 def _where_wrong(got: bytes, want: bytes, base: int) -> str:
