@@ -152,6 +152,10 @@ class Worker(threading.Thread):
                 self.tally.error(action.__name__, exc)
                 time.sleep(0.2)
 
+    def _when(self) -> str:
+        """When and through which mount, to find a wrong read in the daemons' logs."""
+        return f"at {_clock()} through {self.mount.parent.name}"
+
     def path(self, f: BigFile) -> Path:
         return self.mount / "big" / f.name
 
@@ -163,7 +167,7 @@ class Worker(threading.Thread):
                 digest.update(chunk)
                 if len(wrong) < 3 and chunk != f.expected(size, len(chunk)):
                     where = _where_wrong(chunk, f.expected(size, len(chunk)), size)
-                    wrong.append(f"{where} read at {_clock()} through {self.mount.parent.name}")
+                    wrong.append(f"{where} read {self._when()}")
                 size += len(chunk)
         if digest.hexdigest() != f.sha256:
             self.tally.wrong(f"{kind} {f.name}: sha256 mismatch ({size} bytes): {wrong}")
@@ -175,9 +179,7 @@ class Worker(threading.Thread):
                 offset = self.rng.randrange(f.size - 4096)
                 data = os.pread(handle.fileno(), 4096, offset)
                 if data != f.expected(offset, 4096):
-                    self.tally.wrong(
-                        f"{kind} {f.name}@{offset} at {_clock()} through {self.mount.parent.name}"
-                    )
+                    self.tally.wrong(f"{kind} {f.name}@{offset} {self._when()}")
                 self.tally.op(kind, len(data))
 
     def sequential(self) -> None:
@@ -210,7 +212,7 @@ class Worker(threading.Thread):
 
 
 def _clock() -> str:
-    """Wall-clock time as the daemons' logs write it, to find a wrong read in them."""
+    """Wall-clock time as the daemons' logs write it."""
     now = time.time()
     return time.strftime("%H:%M:%S", time.localtime(now)) + f",{int(now * 1000) % 1000:03d}"
 
