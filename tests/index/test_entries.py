@@ -163,18 +163,24 @@ def test_a_superseded_version_goes_when_its_last_lock_goes_however_it_goes(
     index.acquire_lock("i", "s4", dead_owner, entry_key=by_death.key)
     for old in (by_lock, by_session, by_exit, by_death):
         assert new_entry(index, old.source_key.split(":")[1], 10, version="v2").unlink is None
-    assert len(index.release_lock(lock)) == 1
+    released = index.release_lock(lock)  # its caller unlinks the file: not handed out
+    assert [e.file_name for e in released] == [by_lock.file_name]
     assert index.release_locks(session_id="s2") == 1
     index.unregister_owner(reader.owner_id)
     assert index.reclaim_dead(me)["locks"] == 1
     left = {e.key for e in index.entries() if e.superseded}
     assert left == set()
-    # Their bytes stay counted until someone unlinks their files: batches handed out to `me`.
+    # Their bytes stay counted until someone unlinks their files: the batches nobody carries
+    # out are handed out to `me`, once.
     assert index.summary().unlinking == 40
     batches = index.orphan_unlinks(me)
     assert sorted(f for _, files, _ in batches for f in files) == sorted(
-        e.file_name for e in (by_lock, by_session, by_exit, by_death)
+        e.file_name for e in (by_session, by_exit, by_death)
     )
+    assert index.orphan_unlinks(me) == []
+    assert index.orphan_unlinks(me, [released.unlink_id or 0]) == [
+        (released.unlink_id, [by_lock.file_name], [])
+    ]
 
 
 def test_unlinking_batches_are_listed_whoever_owns_them_until_finished(

@@ -108,7 +108,7 @@ def test_a_large_eviction_is_complete_exact_and_in_lru_order(index: Index, me: O
     assert index.get_entry(keys[1]) is not None
     assert index.eviction_count() == n - 200
     assert [r.key for r in reversed(index.evictions(n))] == expected
-    [(batch, files, punches)] = index.orphan_unlinks(me)
-    assert batch == evicted.unlink_id and punches == []
-    assert files == [e.file_name for e in evicted]
+    [batch] = index.unlink_batches()
+    assert batch.id == evicted.unlink_id and batch.punches == []
+    assert batch.files == [e.file_name for e in evicted]
     assert index.summary().unlinking == 10 * (n - 200)

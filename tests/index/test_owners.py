@@ -224,7 +224,7 @@ def test_reclaim_dead_fails_a_dead_owners_unfinished_transfers(
 def test_every_row_of_an_owner_whose_lease_ran_out_is_reclaimed(
     open_test_index: OpenIndex, me: Owner
 ) -> None:
-    """Locks, claims, unlinking batches (adopted, then handed out by orphan_unlinks) and the
+    """Locks, claims, unlinking batches (left, then taken by orphan_unlinks) and the
     transfers it left running (FAILED, with a cause) follow its lease."""
     index = open_test_index(lease=1.0)
     past_server_grace(index)
@@ -250,7 +250,7 @@ def test_every_row_of_an_owner_whose_lease_ran_out_is_reclaimed(
     assert index.locks(me) == [] and index.claims() == []
     [(batch_id, files, punches)] = index.orphan_unlinks(me)
     assert (files, punches) == ([gone.file_name], [])
-    assert index.usage() == 50  # the adopted batch's bytes count until it is finished
+    assert index.usage() == 50  # the taken batch's bytes count until it is finished
     index.finish_unlink(batch_id)
     assert index.usage() == 0
     [transfer] = index.transfers()

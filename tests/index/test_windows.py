@@ -116,8 +116,10 @@ def test_once_every_reader_pinned_only_bytes_outside_every_pin_go_behind_the_slo
     # The dropped bytes are counted until the spans are punched out.
     assert index.usage() == 1000
     assert result.eviction.unlink_id is not None
-    [(batch, files, punches)] = index.orphan_unlinks(me)
-    assert (batch, files, punches) == (result.eviction.unlink_id, [], result.eviction.punches)
+    [batch] = index.unlink_batches()
+    assert (batch.id, batch.owner_id, batch.files, batch.punches) == (
+        result.eviction.unlink_id, me.owner_id, [], result.eviction.punches
+    )  # fmt: skip
     index.finish_unlink(result.eviction.unlink_id)
     assert index.usage() == 500
     [record] = index.evictions(10)
@@ -144,6 +146,38 @@ def test_dropped_bytes_cannot_be_fetched_again_until_they_are_punched(
     assert result.eviction.unlink_id is not None
     index.finish_unlink(result.eviction.unlink_id)  # punched: fetch away
     assert index.reserve(entry.key, 100, 200, me, capacity=10_000).claim_id is not None
+
+
+def test_a_batch_is_punched_by_one_process_only_never_after_it_is_finished(
+    index: Index, second_index: Index, me: Owner, other_live_owner: Owner
+) -> None:
+    """The windowed soak's block of zeros: a GC pass of the process that had just dropped a
+    span took that process's own batch as left over, and punched the span a second time, late:
+    after the drop was finished and the span fetched and committed again. The index then
+    vouched for a hole. A batch is handed out only when nobody carries it out, and once."""
+    entry = filled(index, "big", 1000, me)
+    lock = read_lock(index, me, entry.key)
+    index.window(1, me.owner_id, align=100)
+    index.set_pins(entry.key, [(lock, 900, 1000)])
+    result = index.window(300, me.owner_id, align=100)
+    batch = result.eviction.unlink_id
+    assert batch is not None and [(p.start, p.end) for p in result.eviction.punches] == [(0, 300)]
+    # Its maker is carrying it out: no GC pass of anyone's takes it, not even the maker's own.
+    assert index.orphan_unlinks(me) == []
+    assert second_index.orphan_unlinks(other_live_owner) == []
+    # Finished by its maker, then fetched again: nothing is left to punch them twice.
+    index.finish_unlink(batch)
+    fetched(index, entry.key, 0, 300, me)
+    assert index.orphan_unlinks(me, [batch]) == []
+    assert second_index.orphan_unlinks(other_live_owner) == []
+    # A batch its maker gave up on goes to the maker's next GC pass (it names it), once.
+    again = index.window(300, me.owner_id, align=100).eviction
+    assert again.unlink_id is not None
+    assert second_index.orphan_unlinks(other_live_owner) == []
+    [(taken, files, punches)] = index.orphan_unlinks(me, [again.unlink_id])
+    assert (taken, files, punches) == (again.unlink_id, [], again.punches)
+    assert index.orphan_unlinks(me) == []  # ours now: we carry it out
+    assert second_index.orphan_unlinks(other_live_owner) == []
 
 
 def test_a_reader_without_a_pin_keeps_every_byte(

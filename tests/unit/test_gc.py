@@ -267,3 +267,53 @@ def test_a_disk_smaller_than_the_capacity_sizes_the_marks(small_store: Store) ->
         assert roomy.capacity == 4 * size  # a configured capacity the disk holds is kept
     finally:
         index.close()
+
+
+def test_a_pass_leaves_alone_the_spans_its_own_process_is_dropping(
+    index: Index, store: Store, me: Owner, fill_entry: FillEntry
+) -> None:
+    """The windowed soak's block of zeros. A reader's wait made room inside a file being read
+    (a window); the GC pass of the same process, meanwhile, took that batch for one left over
+    and punched its span too, late: after the drop was finished and the span fetched and
+    committed again. A later read of the span was served the hole's zeros."""
+    entry = fill_entry("big", 300)
+    path = store.path_of(entry.file_name)
+    lock = index.acquire_lock("item-big", "s", me, entry_key=entry.key)
+    index.window(1, me.owner_id, align=100)
+    index.set_pins(entry.key, [(lock, 200, 300)])
+    drop = index.window(100, me.owner_id, align=100).eviction
+    assert [(p.start, p.end) for p in drop.punches] == [(0, 100)] and drop.unlink_id
+    collect(index, store, POLICY, me)  # a pass while the drop is on its way
+    assert [b.id for b in index.unlink_batches()] == [drop.unlink_id]  # still its maker's
+    # The maker punches and finishes it; the span is fetched and committed again.
+    store.apply(drop)
+    index.finish_unlink(drop.unlink_id)
+    fd = store.open_file(entry.file_name, 300)
+    try:
+        os.pwrite(fd, b"y" * 100, 0)
+    finally:
+        os.close(fd)
+    claim = index.reserve(entry.key, 0, 100, me, capacity=1 << 40).claim_id
+    assert claim is not None
+    index.commit_range(claim, entry.key, 0, 100)
+    collect(index, store, POLICY, me)
+    assert path.read_bytes() == b"y" * 100 + b"x" * 200
+
+
+def test_a_batch_its_process_gave_up_on_is_finished_by_its_next_pass(
+    index: Index, store: Store, me: Owner, fill_entry: FillEntry
+) -> None:
+    """The punch or the index failed the maker midway: the batch is the next pass's."""
+    entry = fill_entry("big", 300)
+    lock = index.acquire_lock("item-big", "s", me, entry_key=entry.key)
+    index.window(1, me.owner_id, align=100)
+    index.set_pins(entry.key, [(lock, 200, 300)])
+    drop = index.window(100, me.owner_id, align=100).eviction
+    assert drop.unlink_id is not None
+    with pytest.raises(OSError), store.carrying_out(drop.unlink_id):
+        raise OSError("the disk failed the punch")
+    assert store.given_up == {drop.unlink_id}
+    collect(index, store, POLICY, me)
+    assert index.unlink_batches() == [] and store.given_up == set()
+    assert index.usage() == 200
+    assert store.path_of(entry.file_name).read_bytes() == bytes(100) + b"x" * 200  # punched

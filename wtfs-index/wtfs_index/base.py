@@ -12,7 +12,12 @@ Ordering rules that make crashes harmless:
   crash leaves an orphan file or a batch to finish, never a row pointing at missing bytes, and
   never space another process may reuse while it is still taken on disk;
 - claims (fetches in flight, with the bytes they reserved), locks and batches belong to an owner;
-  rows of dead owners (`owner.Owner.judges_alive`) are reclaimed by whoever notices.
+  rows of dead owners (`owner.Owner.judges_alive`) are reclaimed by whoever notices;
+- a batch's owner is the one process carrying it out: the one that made it, or one that took it
+  (`orphan_unlinks`) once nobody was (`LEFT`). Its spans must be punched while it is counted
+  (its `punching` rows keep them from being fetched again), never after: a second process
+  punching the same batch late would make holes in bytes fetched again since, which the index
+  takes for present (served as zeros).
 
 Windows (a store smaller than what its readers have open): a read lock keeps every byte of its
 entry, until the entry is *windowed* by a process that needs room for a block a reader waits
@@ -63,6 +68,9 @@ from wtfs_index.owner import Owner
 from wtfs_index.ranges import Ranges
 
 SCHEMA_VERSION = 2
+#: the owner of an unlinking batch nobody carries out: its owner died or exited, or the batch
+#: was made for whoever reclaims next (`orphan_unlinks` takes it)
+LEFT = ""
 #: seconds an owner that cannot be judged by /proc stays alive without a heartbeat
 DEFAULT_LEASE = 20.0
 #: transfers that ended longer ago than this are hidden unless asked for (the DM's discardOld)
@@ -245,7 +253,7 @@ class Index(ABC):
             self._unwindow_unlocked(tx)
             # Old versions it held go now; their batch has no owner left: whoever reclaims
             # next finishes it (`orphan_unlinks`).
-            self._drop_superseded(tx, owner_id)
+            self._drop_superseded(tx, owner_id, left=True)
 
     def heartbeat(
         self, owner: Owner, stats: Mapping[str, int], atimes: Mapping[str, float]
@@ -287,9 +295,9 @@ class Index(ABC):
         return None
 
     def reclaim_dead(self, me: Owner) -> dict[str, int]:
-        """Delete the rows of dead owners and of expired locks; adopt their unlinking batches
-        (`orphan_unlinks` hands them out); drop the old versions only they held; fail the
-        transfers they left running."""
+        """Delete the rows of dead owners and of expired locks; leave their unlinking batches
+        to whoever takes them next (`orphan_unlinks`); drop the old versions only they held;
+        fail the transfers they left running."""
         counts = {"owners": 0, "locks": 0, "claims": 0, "transfers": 0, "unlinking": 0}
         with self._write() as tx:
             rows = tx.all(
@@ -310,7 +318,7 @@ class Index(ABC):
             counts["unlinking"] = tx.execute(
                 "UPDATE unlinking SET owner_id = ? WHERE owner_id <> ? AND owner_id NOT IN"
                 " (SELECT owner_id FROM owners)",
-                (me.owner_id, me.owner_id),
+                (LEFT, LEFT),
             )
             counts["transfers"] = tx.execute(
                 "UPDATE transfers SET status = ?, end_time = ?, error = ? WHERE status IN"
@@ -329,9 +337,9 @@ class Index(ABC):
             if counts["locks"]:
                 self._unwindow_unlocked(tx)
             if counts["locks"] or counts["claims"]:
-                # Old versions that only the dead held go now, in a batch of `me`'s (handed
-                # out by `orphan_unlinks(me)`, which the reclaimer calls next).
-                self._drop_superseded(tx, me.owner_id)
+                # Old versions that only the dead held go now, in a batch left for
+                # `orphan_unlinks`, which the reclaimer calls next.
+                self._drop_superseded(tx, me.owner_id, left=True)
         return counts
 
     def _retire_owners(self, tx: Tx, owner_ids: list[str]) -> None:
@@ -428,12 +436,12 @@ class Index(ABC):
 
     def release_locks(self, *, session_id: str, by_owner: str = "") -> int:
         """Release every lock taken under a session (the session was deleted). Old versions
-        they held go in a batch of `by_owner`'s (`orphan_unlinks` hands out one left by an
-        owner that is gone)."""
+        they held go in a batch left for the next `orphan_unlinks` (the caller unlinks
+        nothing)."""
         with self._write() as tx:
             count = tx.execute("DELETE FROM locks WHERE session_id = ?", (session_id,))
             self._unwindow_unlocked(tx)
-            self._drop_superseded(tx, by_owner)
+            self._drop_superseded(tx, by_owner, left=True)
             return count
 
     def lock_total(self) -> int:
@@ -574,7 +582,9 @@ class Index(ABC):
         assert created is not None
         return dataclasses.replace(_entry(created), unlink=unlink if unlink else None)
 
-    def _drop_superseded(self, tx: Tx, by_owner: str) -> Eviction:
+    def _drop_superseded(self, tx: Tx, by_owner: str, *, left: bool = False) -> Eviction:
+        """Drop the superseded entries nothing holds any more, in a batch of `by_owner`'s
+        (the caller carries it out) or, `left`, one for the next `orphan_unlinks`."""
         rows = tx.all(
             "SELECT key, item_id, file_name, present, path FROM entries e WHERE superseded = 1"
             " AND NOT EXISTS (SELECT 1 FROM locks l WHERE l.entry_key = e.key)"
@@ -585,7 +595,7 @@ class Index(ABC):
         )
         if evicted:
             self._evict_keys(tx, [e.key for e in evicted], time.time(), "replaced", by_owner)
-            evicted.unlink_id = self._batch(tx, by_owner, evicted)
+            evicted.unlink_id = self._batch(tx, LEFT if left else by_owner, evicted)
         return evicted
 
     def summary(self) -> StoreSummary:
@@ -933,13 +943,33 @@ class Index(ABC):
             tx.execute("DELETE FROM unlinking WHERE id = ?", (unlink_id,))
             tx.execute("DELETE FROM punching WHERE batch_id = ?", (unlink_id,))
 
-    def orphan_unlinks(self, me: Owner) -> list[tuple[int, list[str], list[Punch]]]:
-        """Batches left by dead owners (adopted by `reclaim_dead`), for `me` to finish."""
-        with self._read() as tx:
-            rows = tx.all(
-                "SELECT id, files, punches FROM unlinking WHERE owner_id = ? OR owner_id NOT IN"
-                " (SELECT owner_id FROM owners)",
-                (me.owner_id,),
+    def orphan_unlinks(
+        self, me: Owner, mine: Iterable[int] = ()
+    ) -> list[tuple[int, list[str], list[Punch]]]:
+        """Take the batches nobody carries out (left, or of owners no longer registered) for
+        `me` to finish, and those of `mine` (batches of `me`'s own that it gave up on).
+
+        Taken in the transaction that lists them: each batch is carried out by one process at
+        a time, and a batch its maker is still carrying out is never handed out (punched again
+        after its maker finished it, its spans could already hold bytes fetched again).
+        """
+        wanted = set(mine)
+        query = (
+            "SELECT id, owner_id, files, punches FROM unlinking WHERE owner_id = ?"
+            " OR owner_id NOT IN (SELECT owner_id FROM owners) ORDER BY id"
+        )
+
+        def takeable(rows: list[Row]) -> list[Row]:
+            return [r for r in rows if r["owner_id"] != me.owner_id or int(r["id"]) in wanted]
+
+        with self._read() as tx:  # every GC pass asks: mostly nothing, no write for that
+            if not takeable(tx.all(query, (me.owner_id,))):
+                return []
+        with self._write() as tx:
+            rows = takeable(tx.all(query, (me.owner_id,)))
+            tx.executemany(
+                "UPDATE unlinking SET owner_id = ? WHERE id = ?",
+                [(me.owner_id, int(r["id"])) for r in rows],
             )
         return [
             (int(r["id"]), json.loads(r["files"]), [Punch(*p) for p in json.loads(r["punches"])])
@@ -948,7 +978,7 @@ class Index(ABC):
 
     def unlink_batches(self) -> list[UnlinkBatch]:
         """Every unlinking batch, oldest first, whoever owns it: `wtfs fsck` judges which were
-        left behind (their owner gone) without adopting them as `reclaim_dead` does."""
+        left behind (their owner gone) without taking them as `orphan_unlinks` does."""
         with self._read() as tx:
             rows = tx.all("SELECT * FROM unlinking ORDER BY id")
         return [

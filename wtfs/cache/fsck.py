@@ -372,19 +372,24 @@ def _check(
         if fix:
             counts = index.reclaim_dead(me)
             finding.action = f"reclaimed ({counts['locks']} locks, {counts['claims']} claims)"
+    finished: set[int] = set()
     if fix and left:
-        index.reclaim_dead(me)  # adopts the batches left behind: ours to finish now
+        index.reclaim_dead(me)
+        # Taken in the index, one process at a time: a daemon's GC pass may be finishing the
+        # same batches now, and a span punched twice may already hold bytes fetched again.
+        finished.update(store.finish_orphan_unlinks(index, me))
     for batch in left:
         finding = report.add(
-            "left-batch", f"batch {batch.id} of {batch.owner_id}",
+            "left-batch", f"batch {batch.id} of {batch.owner_id or 'nobody'}",
             f"{len(batch.files)} files and {len(batch.punches)} spans to drop, "
             f"{format_size(batch.bytes)} still counted: its owner is gone",
         )  # fmt: skip
         if fix:
-            store.unlink_many(batch.files)
-            store.punch_many(batch.punches)
-            index.finish_unlink(batch.id)
-            finding.action = "finished: files unlinked, spans punched"
+            finding.action = (
+                "finished: files unlinked, spans punched"
+                if batch.id in finished
+                else "finished meanwhile by another process"
+            )
     batch_files = pending.union(*(b.files for b in left))
 
     # Files first, then entries: a file created meanwhile always has its entry already.

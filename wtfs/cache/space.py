@@ -214,7 +214,7 @@ class Space:
         """Unlink the files and punch the spans of an eviction, then stop counting them."""
         if eviction.unlink_id is None:
             return
-        with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True), self.store.carrying_out(eviction.unlink_id):
             await trio.to_thread.run_sync(self.store.apply, eviction)
             await self.index.run(self.index.sync.finish_unlink, eviction.unlink_id)
 

@@ -6,10 +6,11 @@ a file another process has just created.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,10 @@ class Store:
         self.root = root
         self.data = root / "data"
         self.index_url = index_url or None
+        #: unlinking batches of this process's that it stopped carrying out (the index or the
+        #: disk failed it): its next GC pass finishes them (`finish_orphan_unlinks`). The
+        #: others it owns are in flight, and only their maker may punch their spans.
+        self.given_up: set[int] = set()
 
     @property
     def index_path(self) -> Path:
@@ -205,12 +210,28 @@ class Store:
                     continue
         return total
 
-    def finish_orphan_unlinks(self, index: Index, me: Owner) -> None:
-        """Finish what processes that died mid-eviction left, then stop counting those bytes."""
-        for unlink_id, files, punches in index.orphan_unlinks(me):
+    @contextlib.contextmanager
+    def carrying_out(self, unlink_id: int | None) -> Iterator[None]:
+        """Around this process carrying out a batch it made (unlinks, punches, then
+        `finish_unlink`): failed, the batch is given up, for the next GC pass to finish."""
+        try:
+            yield
+        except BaseException:
+            if unlink_id is not None:
+                self.given_up.add(unlink_id)
+            raise
+
+    def finish_orphan_unlinks(self, index: Index, me: Owner) -> list[int]:
+        """Finish the batches nobody carries out (their process died or exited mid-eviction)
+        and those this process gave up on, then stop counting their bytes. Returns their ids."""
+        done = []
+        for unlink_id, files, punches in index.orphan_unlinks(me, self.given_up):
             self.unlink_many(files)
             self.punch_many(punches)
             index.finish_unlink(unlink_id)
+            self.given_up.discard(unlink_id)
+            done.append(unlink_id)
+        return done
 
     def recover(self, index: Index, me: Owner) -> RecoveryReport:
         """Make files and index agree after a crash, cheaply: reclaim dead owners' rows, finish

@@ -58,6 +58,11 @@ class GcReport:
     unlink_seconds: float = 0.0
 
     @property
+    def unlink_id(self) -> int | None:
+        """The batch of the pass's evictions (None: nothing evicted)."""
+        return self.evicted.unlink_id if isinstance(self.evicted, Eviction) else None
+
+    @property
     def freed(self) -> int:
         return sum(e.bytes for e in self.evicted)
 
@@ -120,9 +125,8 @@ def finish(index: Index, store: Store, report: GcReport, *, unlinked: bool = Fal
     started = time.perf_counter()
     if not unlinked:
         unlink(store, report)
-    evicted = report.evicted
-    if isinstance(evicted, Eviction) and evicted.unlink_id is not None:
-        index.finish_unlink(evicted.unlink_id)
+    if report.unlink_id is not None:
+        index.finish_unlink(report.unlink_id)
     after = index.usage()
     done = dataclasses.replace(
         report,
@@ -132,7 +136,7 @@ def finish(index: Index, store: Store, report: GcReport, *, unlinked: bool = Fal
     log.info(
         "gc (%s): evicted %d entries, %d bytes; usage %d → %d of %d",
         report.reason,
-        len(evicted),
+        len(report.evicted),
         done.freed,
         report.usage_before,
         after,

@@ -64,12 +64,16 @@ class GcScheduler:
             )
             report = await self.index.run_direct(fn)
             if report.evicted:
-                started = time.perf_counter()
-                await trio.to_thread.run_sync(unlink, self.store, report)
-                report = dataclasses.replace(report, unlink_seconds=time.perf_counter() - started)
-                report = await self.index.run_direct(
-                    functools.partial(finish, self.index.sync, self.store, report, unlinked=True)
-                )
+                with self.store.carrying_out(report.unlink_id):
+                    started = time.perf_counter()
+                    await trio.to_thread.run_sync(unlink, self.store, report)
+                    unlinked = time.perf_counter() - started
+                    report = dataclasses.replace(report, unlink_seconds=unlinked)
+                    report = await self.index.run_direct(
+                        functools.partial(
+                            finish, self.index.sync, self.store, report, unlinked=True
+                        )
+                    )
             self.passes += 1
             if report.evicted:
                 await trio.to_thread.run_sync(trim_memory)  # a big pass leaves freed heap behind
