@@ -55,6 +55,13 @@ def unthrottled(girder: LocalGirder) -> Iterator[None]:
     girder.throttle(None)
 
 
+def interruptible() -> None:
+    """In the child: Ctrl-C as a terminal delivers it. A suite started in the background
+    (`nohup`, `cmd &` in a script) passes SIGINT on ignored, and Python then installs no
+    KeyboardInterrupt for it: the Ctrl-C tests saw a prefetch run to its end (exit 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cached(config: dict[str, Any]) -> dict[str, tuple[bool, int]]:
     """Path (in the session) → (complete, bytes present) of every entry in the store."""
     index = store_index(config)
@@ -194,6 +201,7 @@ def test_ctrl_c_cancels_and_a_second_run_fetches_only_what_is_missing(
         run = subprocess.Popen(
             [sys.executable, "-m", "wtfs", "-c", str(m.config_path), "prefetch", str(m.mountpoint)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=m.env, cwd=ROOT,
+            preexec_fn=interruptible,
         )  # fmt: skip
         try:
 
@@ -245,6 +253,7 @@ def test_ctrl_c_of_a_prefetch_without_a_mount_leaves_nothing_behind(
     run = subprocess.Popen(
         [sys.executable, "-m", "wtfs", "-c", str(config), "prefetch", str(session)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        preexec_fn=interruptible,
     )  # fmt: skip
     try:
 
