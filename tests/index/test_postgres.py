@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 from wtfs_index import (
     Index,
+    IndexBusy,
     IndexFailure,
     IndexRefused,
     IndexUnavailable,
@@ -217,3 +218,10 @@ def test_a_writer_stopped_mid_transaction_holds_no_other_writer_for_ever(
         thread.join()
         for index in (holder, impatient, patient):
             index.close()
+
+
+def test_no_call_is_quick_on_a_server(pg: Index) -> None:
+    """Every call may wait for the server: none is made on a caller's event loop."""
+    assert pg.quick_calls == frozenset()
+    with pytest.raises(IndexBusy), pg.without_waiting():
+        pass

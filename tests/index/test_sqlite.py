@@ -4,7 +4,9 @@ damaged files, and the migration from schema 1."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 from wtfs_index import (
     SCHEMA_VERSION,
+    IndexBusy,
     IndexDamaged,
     IndexRefused,
     Owner,
@@ -20,7 +23,7 @@ from wtfs_index import (
 from wtfs_index.owner import process_start_time
 from wtfs_index.sqlite import INDEX_FILE, SqliteIndex, refuse_shared_filesystem
 
-from tests.index.conftest import filled, schema_1_index, sqlite_pragma
+from tests.index.conftest import filled, new_transfer, schema_1_index, sqlite_pragma
 from tests.support import owners
 from tests.support.tinyfuse import tiny_fuse
 
@@ -59,6 +62,61 @@ def plans_over_entries(
     selects = [s for s in seen if s.lstrip().upper().startswith("SELECT") and "entries" in s]
     assert selects, seen
     return [(s, index.query_plan(s)) for s in selects]
+
+
+@pytest.fixture
+def short_index(store_root: Path) -> Iterator[SqliteIndex]:
+    """Waits at most 2 s for a lock: a call that waited fails as IndexUnavailable, not busy."""
+    index = SqliteIndex(store_root / INDEX_FILE, timeout=2)
+    yield index
+    index.close()
+
+
+def test_a_quick_call_without_waiting_is_busy_while_another_process_writes(
+    short_index: SqliteIndex, store_root: Path
+) -> None:
+    owner = Owner.current("me")
+    short_index.register_owner(owner, "mount")
+    assert "transfer_create" in short_index.quick_calls
+    other = sqlite3.connect(store_root / INDEX_FILE, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another daemon's write transaction, still open
+    try:
+        with short_index.without_waiting(), pytest.raises(IndexBusy):
+            new_transfer(short_index, owner)
+        assert other.in_transaction  # busy while it holds the lock: it did not wait for it
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert short_index.transfers() == []  # nothing was done
+    assert sqlite_pragma(short_index, "busy_timeout") == 2000  # the wait is back for others
+    with short_index.without_waiting():
+        new_transfer(short_index, owner)  # free: done at once
+    assert len(short_index.transfers()) == 1
+
+
+def test_a_quick_call_without_waiting_is_busy_while_another_thread_uses_the_connection(
+    short_index: SqliteIndex,
+) -> None:
+    owner = Owner.current("me")
+    short_index.register_owner(owner, "mount")
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with short_index._lock:  # a worker thread in the middle of a call
+            holding.set()
+            done.wait(10)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    try:
+        assert holding.wait(10)
+        with short_index.without_waiting(), pytest.raises(IndexBusy):
+            new_transfer(short_index, owner)
+    finally:
+        done.set()
+        worker.join()
+    new_transfer(short_index, owner)  # another thread's calls are not affected
+    assert len(short_index.transfers()) == 1
 
 
 def test_usage_reads_only_the_covering_lru_index(sqlite_index: SqliteIndex, me: Owner) -> None:

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 from wtfs_index.base import DEFAULT_LEASE, DISCARD_AFTER, SCHEMA_VERSION, Index
 from wtfs_index.errors import (
+    IndexBusy,
     IndexDamaged,
     IndexFailure,
     IndexFull,
@@ -58,6 +59,7 @@ __all__ = [
     "Eviction",
     "Heartbeat",
     "Index",
+    "IndexBusy",
     "IndexDamaged",
     "IndexFailure",
     "IndexFull",

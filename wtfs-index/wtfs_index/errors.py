@@ -24,6 +24,13 @@ class IndexUnavailable(IndexFailure):
     """The database server cannot be reached (down, restarting, unreachable): worth retrying."""
 
 
+class IndexBusy(IndexFailure):
+    """Only inside `Index.without_waiting`: the call would have had to wait (another process
+    holds the write lock, or another thread this connection). Nothing was done."""
+
+    errno = errno_.EAGAIN
+
+
 class IndexDamaged(IndexFailure):
     """The index is not a database, or a damaged one: `wtfs fsck` can move it aside."""
 

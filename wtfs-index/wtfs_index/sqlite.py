@@ -20,8 +20,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from wtfs_index.base import DEFAULT_LEASE, SCHEMA_VERSION, Dialect, Index, Tx
-from wtfs_index.errors import IndexDamaged, IndexFailure, IndexFull, IndexRefused, IndexUnavailable
+from wtfs_index.base import DEFAULT_LEASE, SCHEMA_VERSION, SMALL_CALLS, Dialect, Index, Tx
+from wtfs_index.errors import (
+    IndexBusy,
+    IndexDamaged,
+    IndexFailure,
+    IndexFull,
+    IndexRefused,
+    IndexUnavailable,
+)
 from wtfs_index.owner import is_alive
 from wtfs_index.schema import statements
 
@@ -136,10 +143,13 @@ def refuse_shared_filesystem(directory: Path) -> None:
 
 class SqliteIndex(Index):
     dialect = SqliteDialect()
+    quick_calls = SMALL_CALLS
 
     def __init__(self, path: Path, *, timeout: float = 30.0, lease: float = DEFAULT_LEASE) -> None:
         super().__init__(lease=lease)
         self.path = path
+        self._timeout_ms = int(timeout * 1000)
+        self._no_wait = threading.local()
         refuse_shared_filesystem(path.parent)
         # check_same_thread=False: async callers run us on worker threads, one at a time.
         try:
@@ -149,7 +159,10 @@ class SqliteIndex(Index):
             self._db.row_factory = sqlite3.Row
             # One connection, possibly used from several worker threads: one statement at a time.
             self._lock = threading.RLock()
-            self._db.execute("PRAGMA journal_mode=WAL")
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                # Without WAL a commit may wait for readers: no call is quick then.
+                self.quick_calls = frozenset()
             # NORMAL in WAL mode: a commit survives a process crash; only an OS crash can lose
             # the last transactions, and then the start-up check makes files and index agree.
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -175,10 +188,49 @@ class SqliteIndex(Index):
         return str(self.path)
 
     @contextmanager
+    def without_waiting(self) -> Iterator[None]:
+        self._no_wait.on = True
+        try:
+            yield
+        finally:
+            self._no_wait.on = False
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """This connection, for one statement or transaction; at once or `IndexBusy` when the
+        calling thread asked not to wait."""
+        if not getattr(self._no_wait, "on", False):
+            with self._lock:
+                yield
+            return
+        if not self._lock.acquire(blocking=False):
+            raise IndexBusy(f"{self.path}: in use by another thread")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _begin_write(self) -> None:
+        if not getattr(self._no_wait, "on", False):
+            self._db.execute("BEGIN IMMEDIATE")
+            return
+        # No busy handler for this one BEGIN: another process's write lock is IndexBusy now,
+        # not a wait of up to `timeout` on the caller's thread. Nothing is done before it.
+        self._db.execute("PRAGMA busy_timeout = 0")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise IndexBusy(f"{self.path}: the write lock is taken ({exc})") from None
+            raise
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout = {self._timeout_ms}")
+
+    @contextmanager
     def _write(self) -> Iterator[Tx]:
-        with self._lock:
+        with self._locked():
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                self._begin_write()
                 try:
                     yield Tx(self._db.cursor(), self.dialect, self._sql_cache, self._db.cursor)
                 except BaseException:
@@ -192,7 +244,7 @@ class SqliteIndex(Index):
 
     @contextmanager
     def _read(self) -> Iterator[Tx]:
-        with self._lock:
+        with self._locked():
             try:
                 self._db.execute("BEGIN")
                 try:
