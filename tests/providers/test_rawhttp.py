@@ -48,6 +48,28 @@ async def test_a_range_arrives_whole_and_the_connection_is_kept(server: RangeHTT
     await raw.aclose()
 
 
+async def test_the_connection_serves_the_next_request_once_the_body_is_in(
+    server: RangeHTTPServer,
+) -> None:
+    """A random read's span: its last bytes are still being written and committed when the
+    next read's request goes out, which must not have to open a connection of its own."""
+    raw = RawHttp(connect_timeout=5, read_timeout=5)
+    async with raw.get(httpx.URL(server.url("/blob.bin")), {"Range": "bytes=0-262143"}) as first:
+        body = bytearray()
+        async for chunk in first.aiter_raw():
+            body += chunk
+            if len(body) < 262144:
+                assert not any(raw._idle.values())  # still receiving: not anyone else's
+        assert body == BLOB[:262144]
+        (idle,) = raw._idle.values()  # the last chunk is in hand, the request not closed
+        assert len(idle) == 1
+        status, second = await fetch(raw, server.url("/blob.bin"), {"Range": "bytes=5-9"})
+        assert (status, second) == (206, BLOB[5:10])
+    assert raw._idle[next(iter(raw._idle))] == idle  # reused by the second, kept once
+    assert len(idle) == 1
+    await raw.aclose()
+
+
 async def test_a_reset_mid_body_is_an_error_and_the_connection_is_dropped(
     server: RangeHTTPServer,
 ) -> None:

@@ -74,28 +74,31 @@ class RawHttp:
         lines += [f"{name}: {value}" for name, value in headers.items()]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         stream, head, rest = await self._send(host, port, request)
-        reusable = False
+        pooled = False
         body: AsyncGenerator[memoryview, None] | None = None
+
+        def body_received() -> None:
+            # Only a body read to its end leaves the connection ready for another request; it
+            # is ready then, before its last bytes are written and committed (the body's buffer
+            # is this request's own): a random read's next request need not open another.
+            nonlocal pooled
+            idle = self._idle.setdefault((host, port), [])
+            if keep_alive and len(idle) < MAX_IDLE_PER_HOST:
+                idle.append(stream)
+                pooled = True
+
         try:
             response = _parse_head(head)
             keep_alive = response.headers.get("connection", "").lower() != "close"
-            body = self._body(stream, response, rest, bytearray(BUFFER_SIZE))
+            body = self._body(stream, response, rest, bytearray(BUFFER_SIZE), body_received)
             response._chunks = body
             yield response
-            # Only a body read to its end leaves the connection ready for another request.
-            reusable = keep_alive and response.remaining == 0
         finally:
             with trio.CancelScope(shield=True):
                 if body is not None:
                     await body.aclose()
-                await self._release((host, port), stream, reusable)
-
-    async def _release(self, key: tuple[str, int], stream: trio.SocketStream, reuse: bool) -> None:
-        idle = self._idle.setdefault(key, [])
-        if reuse and len(idle) < MAX_IDLE_PER_HOST:
-            idle.append(stream)
-        else:
-            await stream.aclose()
+                if not pooled:
+                    await stream.aclose()
 
     async def _send(
         self, host: str, port: int, request: bytes
@@ -153,11 +156,23 @@ class RawHttp:
         raise httpx.ReadTimeout(f"{what}: nothing came for {self.read_timeout:g}s")
 
     async def _body(
-        self, stream: trio.SocketStream, response: RawResponse, rest: bytes, buffer: bytearray
+        self,
+        stream: trio.SocketStream,
+        response: RawResponse,
+        rest: bytes,
+        buffer: bytearray,
+        received: Callable[[], None],
     ) -> AsyncGenerator[memoryview, None]:
+        """The body's chunks; `received()` once its last byte is in, before that chunk is
+        yielded: the connection is not touched again."""
+        if not response.remaining:
+            received()
+            return
         if rest:
             rest = rest[: response.remaining]
             response.remaining -= len(rest)
+            if not response.remaining:
+                received()
             yield memoryview(rest)
         view = memoryview(buffer)
         sock = stream.socket
@@ -169,6 +184,8 @@ class RawHttp:
                     f"the server closed the connection with {response.remaining} bytes to go"
                 )
             response.remaining -= n
+            if not response.remaining:
+                received()
             yield view[:n]
 
 
