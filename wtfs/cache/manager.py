@@ -532,14 +532,17 @@ class CacheManager:
         entry = handle.entry
         entry.handles.discard(handle)
         self._handles_by_lock.pop(handle.lock_id, None)
+        if not entry.handles:
+            # Nobody here reads it any more: stop its fetches (they free their claims), before
+            # the unlock: once it commits another process may evict the entry, and a run's next
+            # reservation would find it gone ("replaced in the store while open", a FAILED
+            # transfer nobody asked for; seen in the windowed soak).
+            for run in entry.runs:
+                run.cancel_scope.cancel()
         try:
             with trio.CancelScope(shield=True):
                 await self._unlock(handle.lock_id)
         finally:
-            if not entry.handles:
-                # Nobody here reads it any more: stop its fetches (they free their claims).
-                for run in entry.runs:
-                    run.cancel_scope.cancel()
             self._release_ref(entry)
 
     # -- pins (windowed entries) --------------------------------------------------------------
