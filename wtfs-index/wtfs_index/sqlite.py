@@ -195,15 +195,15 @@ class SqliteIndex(Index):
         finally:
             self._no_wait.on = False
 
+    def _waits(self) -> bool:
+        """Whether the calling thread may wait (it is not inside `without_waiting`)."""
+        return not getattr(self._no_wait, "on", False)
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """This connection, for one statement or transaction; at once or `IndexBusy` when the
         calling thread asked not to wait."""
-        if not getattr(self._no_wait, "on", False):
-            with self._lock:
-                yield
-            return
-        if not self._lock.acquire(blocking=False):
+        if not self._lock.acquire(blocking=self._waits()):
             raise IndexBusy(f"{self.path}: in use by another thread")
         try:
             yield
@@ -211,7 +211,7 @@ class SqliteIndex(Index):
             self._lock.release()
 
     def _begin_write(self) -> None:
-        if not getattr(self._no_wait, "on", False):
+        if self._waits():
             self._db.execute("BEGIN IMMEDIATE")
             return
         # No busy handler for this one BEGIN: another process's write lock is IndexBusy now,
