@@ -225,3 +225,20 @@ def test_no_call_is_quick_on_a_server(pg: Index) -> None:
     assert pg.quick_calls == frozenset()
     with pytest.raises(IndexBusy), pg.without_waiting():
         pass
+
+
+def test_a_failed_statement_ends_its_transaction_and_the_connection_goes_on(pg: Index) -> None:
+    """The connection runs in autocommit mode and the index sends BEGIN and COMMIT itself: a
+    statement that fails must end its transaction (ROLLBACK), or every later call on the same
+    connection would fail as 'current transaction is aborted'."""
+    me = Owner.current("me")
+    pg.register_owner(me, "mount")
+    conn = pg._conn  # type: ignore[attr-defined]
+    for _ in range(2):
+        with pytest.raises(IndexFailure), pg._write() as tx:
+            tx.execute("DELETE FROM owners")
+            tx.execute("SELECT no_such_column FROM entries")
+    assert pg._conn is conn  # type: ignore[attr-defined]  # not dropped: a statement's error
+    assert [o.owner_id for o in pg.owners(me)] == [me.owner_id]  # the DELETE was rolled back
+    pg.unregister_owner(me.owner_id)
+    assert pg.owners(me) == []
