@@ -215,3 +215,105 @@ def test_mark_complete_only_when_every_byte_is_present(index: Index, me: Owner) 
     assert index.mark_complete(k)
     assert index.get_entry(k).complete  # type: ignore[union-attr]
     assert index.summary().complete == 1
+
+
+def test_commit_and_reserve_commits_one_span_and_claims_the_next(index: Index, me: Owner) -> None:
+    k = new_entry(index, "k", 1000).key
+    transfer = new_transfer(index, me, key=k)
+    first = claim(index, k, 0, 400, me, 1000)
+    ranges, following = index.commit_and_reserve(
+        first, k, 0, 400, (transfer, 400), next_end=800, owner=me, capacity=1000
+    )
+    assert ranges == Ranges([(0, 400)])
+    assert following.claim_id is not None and following.ranges == ranges
+    assert following.usage == 800
+    assert claim_rows(index) == [(k, 400, 800, 400, me.owner_id)]
+    assert index.get_entry(k).present == 400  # type: ignore[union-attr]
+    assert [t.transferred for t in index.transfers()] == [400]
+    # The same two steps one at a time leave the same rows.
+    ranges, last = index.commit_and_reserve(
+        following.claim_id, k, 400, 800, None, next_end=1000, owner=me, capacity=1000
+    )
+    assert ranges == Ranges([(0, 800)]) and last.claim_id is not None
+    assert index.commit_range(last.claim_id, k, 800, 1000) == Ranges([(0, 1000)])
+    assert claim_rows(index) == [] and index.usage() == 1000
+
+
+def test_commit_and_reserve_commits_even_when_the_next_span_is_refused(
+    index: Index, me: Owner, other_live_owner: Owner
+) -> None:
+    k = new_entry(index, "k", 1000).key
+    other = new_entry(index, "other", 1000).key
+    first = claim(index, k, 0, 300, me, 1000)
+    claim(index, k, 300, 600, other_live_owner, 10_000)
+    ranges, busy = index.commit_and_reserve(first, k, 0, 300, None, next_end=600, owner=me,
+                                            capacity=10_000)  # fmt: skip
+    assert ranges == Ranges([(0, 300)]) and busy.busy and busy.claim_id is None
+    second = claim(index, other, 0, 300, me, 10_000)
+    ranges, full = index.commit_and_reserve(
+        second, other, 0, 300, None, next_end=700, owner=me, capacity=900
+    )
+    # 300 + 300 present and 300 claimed by the other owner: 400 more do not fit in 900.
+    assert ranges == Ranges([(0, 300)]) and full.no_room and full.usage == 900
+    assert index.usage() == 900
+    assert claim_rows(index) == [(k, 300, 600, 300, other_live_owner.owner_id)]
+
+
+def test_commit_and_reserve_into_a_file_the_entry_does_not_name_answers_stale(
+    index: Index, me: Owner
+) -> None:
+    # A fetch writing into a file its entry no longer names (replaced while the fetch ran)
+    # commits nothing and claims nothing, and its own claim is gone all the same.
+    entry = new_entry(index, "k", 100)
+    first = claim(index, entry.key, 0, 50, me, 1000)
+    ranges, reservation = index.commit_and_reserve(
+        first, entry.key, 0, 50, None, next_end=100, owner=me, capacity=1000,
+        file_name="00/not-its-file",
+    )  # fmt: skip
+    assert ranges == Ranges() and reservation.stale and reservation.claim_id is None
+    assert claim_rows(index) == []
+    assert index.get_entry(entry.key).present == 0  # type: ignore[union-attr]
+    gone, reservation = index.commit_and_reserve(
+        first, "girder:nope@v1", 0, 50, None, next_end=100, owner=me, capacity=1000
+    )
+    assert gone == Ranges() and reservation.stale
+
+
+def test_a_dead_owners_claim_no_longer_counts_once_reserve_deleted_it(
+    index: Index, me: Owner, dead_owner: Owner
+) -> None:
+    # The reservation reads the usage and the overlapping claims in one statement: the usage
+    # it judges by and reports must not count the dead claim it deletes.
+    k = new_entry(index, "k", 1000).key
+    other = new_entry(index, "other", 1000).key
+    claim(index, k, 800, 1000, dead_owner, 10_000)
+    claim(index, other, 0, 200, dead_owner, 10_000)  # dead too, but not in the way: it stays
+    first = claim(index, k, 600, 800, me, 10_000)
+    # After the commit: 200 present + 200 + 200 dead = 600, the capacity; 800..1000 fits only
+    # once its dead claim is deleted and its bytes no longer count.
+    ranges, reservation = index.commit_and_reserve(
+        first, k, 600, 800, None, next_end=1000, owner=me, capacity=600
+    )
+    assert ranges == Ranges([(600, 800)])
+    assert not reservation.no_room and reservation.claim_id is not None
+    assert reservation.usage == 600
+    assert claim_rows(index) == [
+        (other, 0, 200, 200, dead_owner.owner_id),
+        (k, 800, 1000, 200, me.owner_id),
+    ]
+
+
+def test_a_write_that_fails_part_way_leaves_nothing_and_the_next_call_works(
+    index: Index, me: Owner
+) -> None:
+    k = new_entry(index, "k", 1000).key
+    try:
+        with index._write() as tx:
+            tx.execute("DELETE FROM claims")
+            index._reserve(tx, k, Ranges(), False, 0, 100, me, 1000)
+            raise RuntimeError("our own bug, mid-transaction")
+    except RuntimeError:
+        pass
+    assert claim_rows(index) == []
+    assert index.reserve(k, 0, 100, me, capacity=1000).claim_id is not None
+    assert len(claim_rows(index)) == 1

@@ -184,9 +184,18 @@ class Tx:
 #: transfer records): not the GC's passes, listings or reclaims. `reserve` sums the store's
 #: usage, so its cost grows with the entries: a caller that runs these on its own thread
 #: measures them (`wtfs.cache.aindex`).
-SMALL_CALLS = frozenset(
-    {"open_entry", "reserve", "commit_range", "release_lock", "transfer_create", "transfer_update"}
+SMALL_CALLS = frozenset({
+    "open_entry", "reserve", "commit_range", "commit_and_reserve", "release_lock",
+    "transfer_create", "transfer_update",
+})  # fmt: skip
+#: bytes taken: present, reserved and unlinking (SUM(present) reads the LRU index alone)
+_USAGE = (
+    "(SELECT COALESCE(SUM(present), 0) FROM entries)"
+    " + (SELECT COALESCE(SUM(bytes), 0) FROM claims)"
+    " + (SELECT COALESCE(SUM(bytes), 0) FROM unlinking)"
 )
+#: what `reserve` and `commit_range` read of an entry
+_ENTRY_RANGES = "SELECT ranges, gen, file_name, windowed FROM entries WHERE key = ?"
 
 
 class Index(ABC):
@@ -647,13 +656,7 @@ class Index(ABC):
         """Bytes taken: present, reserved and unlinking. Every reservation asks: one statement,
         whose SUM(present) reads the LRU index alone, never the table (`_summary` counts
         complete entries too, which only the table holds)."""
-        return int(
-            tx.scalar(
-                "SELECT (SELECT COALESCE(SUM(present), 0) FROM entries)"
-                " + (SELECT COALESCE(SUM(bytes), 0) FROM claims)"
-                " + (SELECT COALESCE(SUM(bytes), 0) FROM unlinking) AS usage"
-            )
-        )
+        return int(tx.scalar(f"SELECT {_USAGE} AS usage"))
 
     def reserve(
         self,
@@ -672,42 +675,55 @@ class Index(ABC):
         makes the answer `busy` (wait for its bytes rather than fetch them twice).
         """
         with self._write() as tx:
-            row = tx.one(
-                "SELECT ranges, gen, file_name, windowed FROM entries WHERE key = ?", (key,)
-            )
+            row = tx.one(_ENTRY_RANGES, (key,))
             if row is None or file_name not in (None, row["file_name"]):
                 return Reservation(ranges=Ranges(), stale=True)
-            ranges = _ranges(row)
             windowed = bool(row["windowed"])
-            needed = (end - start) - ranges.overlap(start, end)
-            if needed == 0:
-                return Reservation(ranges=ranges, windowed=windowed)
-            for claim in tx.all(
-                "SELECT c.id, c.owner_id, o.owner_id AS known, o.boot_id, o.pidns, o.pid,"
-                " o.pid_start,"
-                f" {tx.dialect.fresh('o.expires')} AS fresh"
-                " FROM claims c LEFT JOIN owners o ON o.owner_id = c.owner_id"
-                " WHERE c.key = ? AND c.span_start < ? AND c.span_end > ?",
-                (key, end, start),
-            ):
-                if claim["known"] is None or not _judge(claim, owner):
-                    tx.execute("DELETE FROM claims WHERE id = ?", (claim["id"],))
-                elif claim["owner_id"] != owner.owner_id:
-                    return Reservation(ranges=ranges, busy=True, windowed=windowed)
-            if tx.one(
-                "SELECT 1 FROM punching WHERE key = ? AND span_start < ? AND span_end > ?",
-                (key, end, start),
-            ):
-                return Reservation(ranges=ranges, busy=True, windowed=windowed)  # being punched
-            usage = self._usage(tx)
-            if usage + needed > capacity:
-                return Reservation(ranges=ranges, no_room=True, usage=usage, windowed=windowed)
-            claim_id = tx.insert(
-                "INSERT INTO claims (key, span_start, span_end, bytes, owner_id)"
-                " VALUES (?,?,?,?,?)",
-                (key, start, end, needed, owner.owner_id),
-            )
-            return Reservation(claim_id, ranges, usage=usage + needed, windowed=windowed)
+            return self._reserve(tx, key, _ranges(row), windowed, start, end, owner, capacity)
+
+    def _reserve(
+        self,
+        tx: Tx,
+        key: str,
+        ranges: Ranges,
+        windowed: bool,
+        start: int,
+        end: int,
+        owner: Owner,
+        capacity: int,
+    ) -> Reservation:
+        needed = (end - start) - ranges.overlap(start, end)
+        if needed == 0:
+            return Reservation(ranges=ranges, windowed=windowed)
+        # One statement, one round trip: the store's usage, whether the span is being punched,
+        # and the claims overlapping it (a row each, or one row of NULLs).
+        rows = tx.all(
+            f"SELECT u.usage, u.punched, c.id, c.owner_id, c.bytes, o.owner_id AS known,"
+            f" o.boot_id, o.pidns, o.pid, o.pid_start, {tx.dialect.fresh('o.expires')} AS fresh"
+            f" FROM (SELECT {_USAGE} AS usage, CASE WHEN EXISTS (SELECT 1 FROM punching"
+            "  WHERE key = ? AND span_start < ? AND span_end > ?) THEN 1 ELSE 0 END AS punched) u"
+            " LEFT JOIN claims c ON c.key = ? AND c.span_start < ? AND c.span_end > ?"
+            " LEFT JOIN owners o ON o.owner_id = c.owner_id",
+            (key, end, start, key, end, start),
+        )
+        usage = int(rows[0]["usage"])
+        for claim in rows:
+            if claim["id"] is None:
+                continue
+            if claim["known"] is None or not _judge(claim, owner):
+                tx.execute("DELETE FROM claims WHERE id = ?", (claim["id"],))
+                usage -= int(claim["bytes"])
+            elif claim["owner_id"] != owner.owner_id:
+                return Reservation(ranges=ranges, busy=True, windowed=windowed)
+        if rows[0]["punched"]:
+            return Reservation(ranges=ranges, busy=True, windowed=windowed)  # being punched
+        if usage + needed > capacity:
+            return Reservation(ranges=ranges, no_room=True, usage=usage, windowed=windowed)
+        claim_id = tx.insert(
+            "INSERT INTO claims (key, span_start, span_end, bytes, owner_id) VALUES (?,?,?,?,?)",
+            (key, start, end, needed, owner.owner_id),
+        )
+        return Reservation(claim_id, ranges, usage=usage + needed, windowed=windowed)
 
     def commit_range(
         self,
@@ -726,22 +742,61 @@ class Index(ABC):
         written into an older file must not count for the new one).
         """
         with self._write() as tx:
-            row = tx.one("SELECT ranges, gen, file_name FROM entries WHERE key = ?", (key,))
-            tx.execute("DELETE FROM claims WHERE id = ?", (claim_id,))
-            if transfer is not None:
-                tx.execute(
-                    "UPDATE transfers SET transferred = ? WHERE id = ?", (transfer[1], transfer[0])
-                )
-            if row is None or file_name not in (None, row["file_name"]):
-                return Ranges()
-            ranges = _ranges(row)
-            ranges.insert(start, end)
-            ranges.gen += 1
+            done = self._commit(tx, claim_id, key, start, end, transfer, file_name)
+            return Ranges() if done is None else done[0]
+
+    def commit_and_reserve(
+        self,
+        claim_id: int,
+        key: str,
+        start: int,
+        end: int,
+        transfer: tuple[int, int] | None,
+        *,
+        next_end: int,
+        owner: Owner,
+        capacity: int,
+        file_name: str | None = None,
+    ) -> tuple[Ranges, Reservation]:
+        """`commit_range` of [start, end), then `reserve` of [end, next_end), in one
+        transaction: a run streaming a file makes one per block rather than two (on PostgreSQL
+        each costs its BEGIN, lock and COMMIT round trips, and the second re-reads the entry
+        the first just wrote)."""
+        with self._write() as tx:
+            done = self._commit(tx, claim_id, key, start, end, transfer, file_name)
+            if done is None:
+                return Ranges(), Reservation(ranges=Ranges(), stale=True)
+            ranges, windowed = done
+            return ranges, self._reserve(tx, key, ranges, windowed, end, next_end, owner, capacity)
+
+    def _commit(
+        self,
+        tx: Tx,
+        claim_id: int,
+        key: str,
+        start: int,
+        end: int,
+        transfer: tuple[int, int] | None,
+        file_name: str | None,
+    ) -> tuple[Ranges, bool] | None:
+        """The entry's ranges after the commit and whether it is windowed; None when the entry
+        is stale."""
+        row = tx.one(_ENTRY_RANGES, (key,))
+        tx.execute("DELETE FROM claims WHERE id = ?", (claim_id,))
+        if transfer is not None:
             tx.execute(
-                "UPDATE entries SET ranges = ?, present = ?, gen = ?, atime = ? WHERE key = ?",
-                (ranges.to_json(), ranges.total, ranges.gen, time.time(), key),
+                "UPDATE transfers SET transferred = ? WHERE id = ?", (transfer[1], transfer[0])
             )
-            return ranges
+        if row is None or file_name not in (None, row["file_name"]):
+            return None
+        ranges = _ranges(row)
+        ranges.insert(start, end)
+        ranges.gen += 1
+        tx.execute(
+            "UPDATE entries SET ranges = ?, present = ?, gen = ?, atime = ? WHERE key = ?",
+            (ranges.to_json(), ranges.total, ranges.gen, time.time(), key),
+        )
+        return ranges, bool(row["windowed"])
 
     def claims(self, *, key: str | None = None) -> list[ClaimRow]:
         """The claims (fetches in flight), oldest first; `key`: only those of one entry."""
