@@ -1072,11 +1072,8 @@ class _EntryTarget:
     async def reserve(self, run: Run, start: int, end: int) -> int:
         entry = self.entry
         bs = self.manager.settings.block_size
-        for other in entry.runs:  # a run of ours has these bytes, or will: do not fetch twice
-            if other is not run and not other.finished and other.claimed_from <= start < other.end:
-                raise StopRun
-        if not entry.windowed and entry.ranges.present(start, end):
-            raise StopRun
+        if not self._may_claim(run, start, end):
+            raise StopRun  # present, or a run of ours has these bytes or will: not twice
         # A reader waits for the first block of a run it started; the rest is read-ahead,
         # which gives up quietly when there is no room rather than squeeze other readers.
         wanted = self.wanted and start // bs == run.start // bs
@@ -1127,23 +1124,41 @@ class _EntryTarget:
                 raise
         self.manager.stats.fetched(len(data))
 
-    async def commit(self, run: Run, claim_id: int, start: int, end: int) -> None:
+    async def commit(
+        self, run: Run, claim_id: int, start: int, end: int, *, next_end: int | None = None
+    ) -> int | None:
+        entry = self.entry
         transfer = (self.transfer.id, run.transferred) if self.transfer else None
-        ranges = await self.manager.index.run_retrying(
-            self.manager.index.sync.commit_range,
-            claim_id,
-            self.entry.ref.key,
-            start,
-            end,
-            transfer,
-            file_name=self.entry.file_name,
-        )
-        if ranges or not self.entry.ranges:  # empty: the entry was replaced (stale file)
-            self.entry.learn(ranges)
-        if self.entry.block_errors:
+        if next_end is not None and not self._may_claim(run, end, next_end):
+            next_end = None
+        if next_end is None:
+            ranges = await self.manager.index.run_retrying(
+                self.manager.index.sync.commit_range, claim_id, entry.ref.key, start, end,
+                transfer, file_name=entry.file_name,
+            )  # fmt: skip
+            res = None
+        else:
+            ranges, res = await self.manager.space.commit_and_reserve(
+                claim_id, entry.ref.key, start, end, transfer, next_end, entry.file_name
+            )
+        if ranges or not entry.ranges:  # empty: the entry was replaced (stale file)
+            entry.learn(ranges)
+        if entry.block_errors:
             bs = self.manager.settings.block_size
             for block in range(start // bs, (end - 1) // bs + 1):
-                self.entry.block_errors.pop(block, None)
+                entry.block_errors.pop(block, None)
+        if res is None or res.claim_id is None:
+            return None  # no next claim: `reserve` it, which says why (busy, present, no room)
+        entry.windowed = entry.windowed or res.windowed
+        return res.claim_id
+
+    def _may_claim(self, run: Run, start: int, end: int) -> bool:
+        """Whether `reserve` would ask the index for [start, end) at all (see `reserve`)."""
+        entry = self.entry
+        for other in entry.runs:
+            if other is not run and not other.finished and other.claimed_from <= start < other.end:
+                return False
+        return entry.windowed or not entry.ranges.present(start, end)
 
     async def release(self, claim_id: int) -> None:
         await self.manager.index.run_retrying(self.manager.index.sync.release_claim, claim_id)

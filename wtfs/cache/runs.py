@@ -4,7 +4,9 @@ A run sees the entry it fills only through `RunTarget`, three methods (as rclone
 see an item through FindMissing/HasRange/WriteAtNoOverwrite): `reserve` a piece before writing
 it (space in the store, or "stop: present already, or someone else fetches it"), `write` bytes
 at an offset, `commit` a written piece. Pieces are the parts of the span inside one block: a
-block is the unit of reservation, so a claim never covers more than a block.
+block is the unit of reservation, so a claim never covers more than a block. A streaming run
+commits a piece and claims the next in one index transaction (`commit(..., next_end=)`), and
+takes the long way (`reserve`) only when that claim was refused.
 
 Readers wait on a run's *progress*, not on whole blocks: `position` is the first byte the run
 has not written yet, and a reader waiting for [a, b) inside the run wakes as soon as
@@ -46,7 +48,12 @@ class RunTarget(Protocol):
 
     async def write(self, offset: int, data: memoryview) -> None: ...
 
-    async def commit(self, run: Run, claim_id: int, start: int, end: int) -> None: ...
+    async def commit(
+        self, run: Run, claim_id: int, start: int, end: int, *, next_end: int | None = None
+    ) -> int | None:
+        """Record a written piece. With `next_end`, also claim [end, next_end) in the same
+        index transaction: its claim id, or None (then `reserve` it, which says why not)."""
+        ...
 
     async def release(self, claim_id: int) -> None:
         """Free a claim nothing was written under."""
@@ -143,7 +150,7 @@ class BlockSink:
             self.run.transferred += take
             self.run.advance(offset)
             if offset == self._piece_end:
-                await self._finish_piece()
+                await self._finish_piece(offset)
 
     async def begin(self) -> None:
         """Reserve the run's first piece before any request is made: a block another process
@@ -152,20 +159,29 @@ class BlockSink:
         if self._claim is None and self.run.position < self.run.end:
             await self._begin(self.run.position)
 
-    async def _begin(self, offset: int) -> None:
+    def _piece_after(self, offset: int) -> int:
         bs = self.run.block_size
+        return min(self.run.end, self.size, (offset // bs + 1) * bs)
+
+    async def _begin(self, offset: int) -> None:
         self._piece_start = offset
-        self._piece_end = min(self.run.end, self.size, (offset // bs + 1) * bs)
+        self._piece_end = self._piece_after(offset)
         self._claim = await self.target.reserve(self.run, offset, self._piece_end)
         self.run.claimed_from = offset
 
-    async def _finish_piece(self) -> None:
+    async def _finish_piece(self, offset: int) -> None:
         claim, self._claim = self._claim, None
         assert claim is not None
+        next_end = self._piece_after(offset) if offset < min(self.run.end, self.size) else None
         # Shielded: written bytes must never outlive their claim uncounted.
         with trio.CancelScope(shield=True):
-            await self.target.commit(self.run, claim, self._piece_start, self._piece_end)
+            self._claim = await self.target.commit(
+                self.run, claim, self._piece_start, self._piece_end, next_end=next_end
+            )
         self.run.claimed_from = self._piece_end
+        if self._claim is not None:
+            assert next_end is not None
+            self._piece_start, self._piece_end = offset, next_end
 
     async def close(self) -> None:
         """At the end of a run, however it ended: keep what a cut-short piece wrote (valid

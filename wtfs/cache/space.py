@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
-from wtfs_index import Eviction, Owner, Reservation, StoreSummary
+from wtfs_index import Eviction, Owner, Ranges, Reservation, StoreSummary
 
 from wtfs.cache.aindex import AsyncIndex
 from wtfs.cache.store import Store
@@ -142,11 +142,7 @@ class Space:
             res = await self.index.run_retrying(
                 sync.reserve, key, start, end, self.owner, self.capacity, file_name=file_name
             )
-            needed = (end - start) - (res.ranges.overlap(start, end) if res.ranges else 0)
-            if res.claim_id is not None and needed > self.disk_room():
-                # The index has room but the disk has not (capacity set larger than the disk).
-                await self.index.run(sync.release_claim, res.claim_id)
-                res = Reservation(ranges=res.ranges, no_room=True, usage=res.usage)
+            res, needed = await self._on_disk(res, start, end)
             if not res.no_room:
                 return res
             if not tried_gc and self.make_room is not None:
@@ -178,6 +174,38 @@ class Space:
                 waited_for_others += PIN_POLL
                 continue
             raise await self._no_space(key, path, summary)
+
+    async def commit_and_reserve(
+        self,
+        claim_id: int,
+        key: str,
+        start: int,
+        end: int,
+        transfer: tuple[int, int] | None,
+        next_end: int,
+        file_name: str,
+    ) -> tuple[Ranges, Reservation]:
+        """Commit [start, end) and claim the read-ahead [end, next_end) in one transaction.
+
+        Only the claim the index grants is taken here: when it answers no room (or the disk
+        has none), the caller's `reserve` takes the long way, with the GC, as for any piece.
+        """
+        ranges, res = await self.index.run_retrying(
+            self.index.sync.commit_and_reserve, claim_id, key, start, end, transfer,
+            next_end=next_end, owner=self.owner, capacity=self.capacity, file_name=file_name,
+        )  # fmt: skip
+        res, _ = await self._on_disk(res, end, next_end)
+        return ranges, res
+
+    async def _on_disk(self, res: Reservation, start: int, end: int) -> tuple[Reservation, int]:
+        """`res`, unless the index granted room the disk has not (a capacity set larger than
+        the disk): then the claim is given back and the answer is no room. And the bytes of
+        [start, end) it needs."""
+        needed = (end - start) - (res.ranges.overlap(start, end) if res.ranges else 0)
+        if res.claim_id is not None and needed > self.disk_room():
+            await self.index.run(self.index.sync.release_claim, res.claim_id)
+            res = Reservation(ranges=res.ranges, no_room=True, usage=res.usage)
+        return res, needed
 
     def _others_making_room(self, summary: StoreSummary, needed: int) -> bool:
         """Whether the room this process could not make is on its way: another process's GC
