@@ -139,29 +139,43 @@ class Tx:
             text = self._cache[sql] = self._dialect.translate(sql)
         return text
 
+    def _run(self, cursor: Cursor, sql: str, params: Sequence[Any]) -> None:
+        """Every statement goes through here (`PostgresTx` sends deferred writes with it)."""
+        cursor.execute(self._sql(sql), tuple(params))
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        self._cursor.execute(self._sql(sql), tuple(params))
+        self._run(self._cursor, sql, params)
         return int(self._cursor.rowcount)
+
+    def flush(self) -> None:
+        """Send the deferred writes now (see `write`)."""
+
+    def write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A statement whose outcome the caller never reads, neither rows nor a count: a
+        backend whose every statement is a round trip may send it with the next statement
+        (so its error, if any, is raised there: the transaction fails either way)."""
+        self.execute(sql, params)
 
     def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
         rows = [tuple(p) for p in params]
         if rows:
+            self.flush()
             self._cursor.executemany(self._sql(sql), rows)
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        self._cursor.execute(self._sql(sql), tuple(params))
+        self._run(self._cursor, sql, params)
         row: Row | None = self._cursor.fetchone()
         return row
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        self._cursor.execute(self._sql(sql), tuple(params))
+        self._run(self._cursor, sql, params)
         return list(self._cursor.fetchall())
 
     def iterate(self, sql: str, params: Sequence[Any] = (), batch: int = 4096) -> Iterator[Any]:
         """Rows as plain tuples, fetched `batch` at a time: a caller may stop early."""
         cursor = self._new_cursor()
         try:
-            cursor.execute(self._sql(sql), tuple(params))
+            self._run(cursor, sql, params)
             while rows := cursor.fetchmany(batch):
                 yield from rows
         finally:
@@ -711,7 +725,7 @@ class Index(ABC):
             if claim["id"] is None:
                 continue
             if claim["known"] is None or not _judge(claim, owner):
-                tx.execute("DELETE FROM claims WHERE id = ?", (claim["id"],))
+                tx.write("DELETE FROM claims WHERE id = ?", (claim["id"],))
                 usage -= int(claim["bytes"])
             elif claim["owner_id"] != owner.owner_id:
                 return Reservation(ranges=ranges, busy=True, windowed=windowed)
@@ -782,9 +796,9 @@ class Index(ABC):
         """The entry's ranges after the commit and whether it is windowed; None when the entry
         is stale."""
         row = tx.one(_ENTRY_RANGES, (key,))
-        tx.execute("DELETE FROM claims WHERE id = ?", (claim_id,))
+        tx.write("DELETE FROM claims WHERE id = ?", (claim_id,))
         if transfer is not None:
-            tx.execute(
+            tx.write(
                 "UPDATE transfers SET transferred = ? WHERE id = ?", (transfer[1], transfer[0])
             )
         if row is None or file_name not in (None, row["file_name"]):
@@ -792,7 +806,7 @@ class Index(ABC):
         ranges = _ranges(row)
         ranges.insert(start, end)
         ranges.gen += 1
-        tx.execute(
+        tx.write(
             "UPDATE entries SET ranges = ?, present = ?, gen = ?, atime = ? WHERE key = ?",
             (ranges.to_json(), ranges.total, ranges.gen, time.time(), key),
         )
