@@ -441,7 +441,10 @@ def cold(ctx: Context) -> list[Row]:
 
 
 def cold_index(ctx: Context) -> list[Row]:
-    """256 MiB, fresh store each run, the index on PostgreSQL vs SQLite, back to back."""
+    """256 MiB, fresh store each run, the index on PostgreSQL vs SQLite, back to back.
+
+    Four pairs per repeat: one 256 MiB read takes ~0.3 s, and on this 2-core VM the ratio of a
+    single pair swings 0.6-1.3x, so the median of five pairs moved 0.72-0.97x between runs."""
     source = ensure_random_file(DATA / "cold" / "f256.bin", 256 * MiB)
     files = ctx.girders.import_dir("data", source.parent)
     girder = ctx.girders.get("data")
@@ -449,7 +452,7 @@ def cold_index(ctx: Context) -> list[Row]:
     results: dict[str, list[float]] = {"postgres": [], "sqlite": []}
     cleanup = Cleanup()
     try:
-        for r in range(ctx.repeat):
+        for r in range(4 * ctx.repeat):
             read_file(f.path)
             for backend in ("sqlite", "postgres") if r % 2 else ("postgres", "sqlite"):
                 extra = {"index_url": ctx.postgres_url("cold")} if backend == "postgres" else {}
@@ -468,6 +471,10 @@ def cold_index(ctx: Context) -> list[Row]:
         cleanup.close()
         for backend in ("sqlite", "postgres"):
             shutil.rmtree(STORES / f"cold-{backend}", ignore_errors=True)
+    ratios = sorted(p / s for p, s in zip(results["postgres"], results["sqlite"], strict=True))
+    ctx.note(f"cold-index: {len(ratios)} pairs, PostgreSQL / SQLite per pair from "
+             f"{ratios[0]:.2f} to {ratios[-1]:.2f}, quartiles {ratios[len(ratios) // 4]:.2f} "
+             f"and {ratios[3 * len(ratios) // 4]:.2f}")  # fmt: skip
     return [
         _ratio_row(
             "2e. cold seq read 256 MiB, index on PostgreSQL vs SQLite",
