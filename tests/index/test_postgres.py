@@ -296,3 +296,26 @@ def test_a_streaming_runs_commit_and_next_claim_take_four_round_trips(
     assert len(sent) == 4, sent
     assert sent[0].startswith("BEGIN") and sent[-1] == "COMMIT"
     assert [t.transferred for t in pg.transfers()] == [100]
+
+
+def test_statements_prepared_in_a_failed_transaction_are_known_as_the_server_knows_them(
+    pg: Index,
+) -> None:
+    """`PostgresTx` prepares each statement it batches once per connection, and PREPARE is
+    not undone by a rollback: after a failure, the index must neither EXECUTE a statement
+    whose PREPARE was never sent, nor forget one the server kept."""
+    me = Owner.current("me")
+    pg.register_owner(me, "mount")
+    key = new_entry(pg, "k", 300).key
+    first = pg.reserve(key, 0, 100, me, 1000).claim_id
+    assert first is not None
+    with pytest.raises(RuntimeError), pg._write() as tx:  # never sent: our own code failed
+        tx.write("UPDATE entries SET atime = ? WHERE key = ?", (1.0, key))
+        tx.write("DELETE FROM claims WHERE id = ?", (first,))
+        raise RuntimeError("before anything went out")
+    with pytest.raises(IndexFailure), pg._write() as tx:  # sent: the PREPAREs took, then fail
+        tx.write("UPDATE entries SET atime = ? WHERE key = ?", (2.0, key))
+        tx.one("SELECT no_such_column FROM entries")
+    assert [c.id for c in pg.claims()] == [first]
+    assert pg.commit_range(first, key, 0, 100) == Ranges([(0, 100)])
+    assert pg.claims() == []

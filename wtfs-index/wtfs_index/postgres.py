@@ -18,6 +18,7 @@ The URL's password never appears in a message (`redact`).
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -74,36 +75,85 @@ class PostgresDialect(Dialect):
         return f"unnest(?::text[]) WITH ORDINALITY AS {alias}(value, position)"
 
 
+class Prepared:
+    """The statements `PostgresTx` prepared on one connection (`PREPARE`, which lasts as long
+    as the session): text as `PostgresDialect.translate` gives it -> name."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self._numbers = itertools.count()
+
+    def new_name(self, text: str) -> str:
+        name = self.names[text] = f"wtfs_{next(self._numbers)}"
+        return name
+
+    def keep_only(self, existing: set[str]) -> None:
+        """After a failed transaction: a PREPARE sent in it may not have taken."""
+        self.names = {text: name for text, name in self.names.items() if name in existing}
+
+
+def _numbered(text: str) -> str:
+    """psycopg's `%s` placeholders as PREPARE's `$1`, `$2`, ... (and `%%` as `%`)."""
+    parts, n, i = [], 0, 0
+    while (k := text.find("%", i)) >= 0:
+        parts.append(text[i:k])
+        if text.startswith("%%", k):
+            parts.append("%")
+        else:
+            n += 1
+            parts.append(f"${n}")
+        i = k + 2
+    parts.append(text[i:])
+    return "".join(parts)
+
+
 class PostgresTx(Tx):
-    """Writes nobody reads the outcome of wait, and go with the next statement: one simple
-    query with its values bound by psycopg on the client, so a commit's DELETE, UPDATEs and
-    the next claim's SELECT cost one round trip, not four (each costs 80-110 µs on loopback,
-    and a fetch makes a transaction per block). BEGIN and the write lock wait the same way,
-    for the transaction's first statement; COMMIT takes the last writes along."""
+    """Writes nobody reads the outcome of wait, and go with the next statement, in one simple
+    query: a commit's DELETE, UPDATEs and the next claim's SELECT cost one round trip, not
+    four (each costs 80-110 µs on loopback, and a fetch makes a transaction per block). BEGIN
+    and the write lock wait the same way for the transaction's first statement, and COMMIT
+    takes the last writes along. A simple query cannot carry parameters, so each statement in
+    one is an EXECUTE of a statement prepared once per connection, its values bound on the
+    client by psycopg: parsing and planning them on every call cost more than the round
+    trips saved (~50 µs a statement, more for a reservation's)."""
 
     def __init__(self, conn: psycopg.Connection[Any], dialect: Dialect, cache: dict[str, str],
-                 begin: tuple[str, ...]) -> None:  # fmt: skip
+                 prepared: Prepared, begin: tuple[str, ...]) -> None:  # fmt: skip
         super().__init__(conn.cursor(), dialect, cache, lambda: conn.cursor(row_factory=tuple_row))
         self._binder = psycopg.ClientCursor(conn)
+        self._prepared = prepared
         self._pending = list(begin)  # statements, one each
 
+    def _bound(self, sql: str, params: Sequence[Any]) -> list[str]:
+        text = self._sql(sql)
+        statements = []
+        name = self._prepared.names.get(text)
+        if name is None:
+            name = self._prepared.new_name(text)
+            statements.append(f"PREPARE {name} AS {_numbered(text)}")
+        if params:
+            args = ", ".join(["%s"] * len(params))
+            statements.append(self._binder.mogrify(f"EXECUTE {name}({args})", tuple(params)))
+        else:
+            statements.append(f"EXECUTE {name}")
+        return statements
+
     def write(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._pending.append(self._binder.mogrify(self._sql(sql), tuple(params)))
+        self._pending += self._bound(sql, params)
 
     def _run(self, cursor: Any, sql: str, params: Sequence[Any]) -> None:
         if not self._pending:
             cursor.execute(self._sql(sql), tuple(params))
             return
-        text = self._binder.mogrify(self._sql(sql), tuple(params))
-        pending, self._pending = self._pending, []
-        cursor.execute("; ".join([*pending, text]))  # no parameters: one simple query
-        for _ in pending:
+        statements, self._pending = [*self._pending, *self._bound(sql, params)], []
+        cursor.execute("; ".join(statements))  # no parameters: one simple query
+        for _ in statements[1:]:
             cursor.nextset()  # to the result of `sql`, the last
 
     def flush(self) -> None:
         if self._pending:
-            pending, self._pending = self._pending, []
-            self._cursor.execute("; ".join(pending))
+            statements, self._pending = self._pending, []
+            self._cursor.execute("; ".join(statements))
 
     def commit(self) -> None:
         self._pending.append("COMMIT")
@@ -125,6 +175,7 @@ class PostgresIndex(Index):
         self.dialect = PostgresDialect(lease)
         self._lock = threading.RLock()
         self._conn: psycopg.Connection[Any] | None = None
+        self._prepared = Prepared()
         with self._write() as tx:
             exists = tx.scalar("SELECT to_regclass('meta') IS NOT NULL")
             version = (
@@ -154,6 +205,7 @@ class PostgresIndex(Index):
         if self._conn is None or self._conn.closed:
             try:
                 ms = max(1, int(self.timeout * 1000))
+                self._prepared = Prepared()
                 self._conn = psycopg.connect(
                     self.url,
                     connect_timeout=CONNECT_TIMEOUT,
@@ -193,18 +245,21 @@ class PostgresIndex(Index):
                     # write committed before it. Reads: one snapshot for every statement (READ
                     # COMMITTED takes one per statement: a summary read across an eviction's
                     # commit would count its bytes both as present and as unlinking).
-                    tx = PostgresTx(conn, self.dialect, self._sql_cache,
+                    tx = PostgresTx(conn, self.dialect, self._sql_cache, self._prepared,
                                     _BEGIN_WRITE if write else _BEGIN_READ)  # fmt: skip
                     yield tx
                     tx.commit()
                 except BaseException:
                     # However it failed (the lock's timeout, a statement, our own code), the
                     # connection must not stay inside the transaction for the next call.
-                    if not (conn.broken or conn.closed) and (
-                        conn.info.transaction_status != TransactionStatus.IDLE
-                    ):
+                    if not (conn.broken or conn.closed):
                         with suppress(psycopg.Error):
-                            conn.execute("ROLLBACK")
+                            if conn.info.transaction_status != TransactionStatus.IDLE:
+                                conn.execute("ROLLBACK")
+                            # PREPARE is not undone by a rollback, and one may not have been
+                            # sent or taken: the server says which are there.
+                            rows = conn.execute("SELECT name FROM pg_prepared_statements")
+                            self._prepared.keep_only({row["name"] for row in rows})
                     raise
             except psycopg.Error as exc:
                 # A session the server ended (idle-in-transaction timeout, an administrator's
