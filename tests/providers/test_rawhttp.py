@@ -146,3 +146,49 @@ async def test_a_kept_connection_the_server_closed_is_replaced() -> None:
 async def test_https_is_left_to_httpx() -> None:
     with pytest.raises(NotSimple):
         await fetch(RawHttp(5, 5), "https://127.0.0.1:1/x")
+
+
+async def test_a_body_left_unread_is_drained_and_its_connection_kept(
+    server: RangeHTTPServer,
+) -> None:
+    """A random read's run is cut short by its file's close, its 256 KiB span part read: the
+    rest is read and dropped, and the next request goes on the same connection (a new one
+    cost a random read ~2 ms at a busy local Girder)."""
+    raw = RawHttp(connect_timeout=5, read_timeout=5)
+    url = httpx.URL(server.url("/blob.bin"))
+    with trio.CancelScope() as scope:
+        async with raw.get(url, {"Range": "bytes=0-262143"}) as first:
+            async for _ in first.aiter_raw():
+                scope.cancel()  # the reader's close cancels the run after its first chunk
+                await trio.lowlevel.checkpoint()
+    assert scope.cancelled_caught
+    (idle,) = raw._idle.values()
+    assert len(idle) == 1
+    kept = idle[0]
+    status, body = await fetch(raw, server.url("/blob.bin"), {"Range": "bytes=5-9"})
+    assert (status, body) == (206, BLOB[5:10])  # the drained body's bytes are not in it
+    assert raw._idle[next(iter(raw._idle))] == [kept]
+    # Never started reading, and stopped by an error of the reader's own: drained as well.
+    with pytest.raises(ZeroDivisionError):
+        async with raw.get(url, {"Range": "bytes=0-262143"}):
+            raise ZeroDivisionError
+    assert raw._idle[next(iter(raw._idle))] == [kept]
+    await raw.aclose()
+
+
+async def test_a_large_rest_or_a_failed_connection_is_not_drained(
+    server: RangeHTTPServer,
+) -> None:
+    raw = RawHttp(connect_timeout=5, read_timeout=5)
+    url = httpx.URL(server.url("/blob.bin"))
+    with pytest.raises(ZeroDivisionError):
+        async with raw.get(url, {}) as whole:  # 3 MiB: more than DRAIN_LIMIT to drop
+            async for _ in whole.aiter_raw():
+                raise ZeroDivisionError
+    assert not any(raw._idle.values())
+    server.add_fault("/blob.bin", Fault.stall(3, after_bytes=65536))
+    raw.read_timeout = 0.5
+    with trio.fail_after(2.5), pytest.raises(httpx.ReadTimeout):
+        await fetch(raw, server.url("/blob.bin"))
+    assert not any(raw._idle.values())
+    await raw.aclose()
