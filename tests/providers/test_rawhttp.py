@@ -192,3 +192,25 @@ async def test_a_large_rest_or_a_failed_connection_is_not_drained(
         await fetch(raw, server.url("/blob.bin"))
     assert not any(raw._idle.values())
     await raw.aclose()
+
+
+async def test_body_buffers_are_reused_and_never_shared_by_two_requests(
+    server: RangeHTTPServer,
+) -> None:
+    """A fresh 1 MiB buffer per request cost 0.4 ms (its pages zeroed and faulted in): the
+    next request takes the last one's, but two requests in flight never share one."""
+    raw = RawHttp(connect_timeout=5, read_timeout=5)
+    url = httpx.URL(server.url("/blob.bin"))
+    assert (await fetch(raw, server.url("/blob.bin"), {"Range": "bytes=0-99"}))[1] == BLOB[:100]
+    [buffer] = raw._buffers
+    async with raw.get(url, {"Range": "bytes=0-1048575"}) as first:
+        assert raw._buffers == []  # taken
+        async with raw.get(url, {"Range": "bytes=1048576-2097151"}) as second:
+            one, two = bytearray(), bytearray()
+            async for chunk in first.aiter_raw():
+                one += chunk
+            async for chunk in second.aiter_raw():
+                two += chunk
+    assert (bytes(one), bytes(two)) == (BLOB[:1048576], BLOB[1048576:2097152])
+    assert len(raw._buffers) == 2 and any(b is buffer for b in raw._buffers)
+    await raw.aclose()
