@@ -16,7 +16,7 @@ import trio
 from wtfs_index import Owner
 from wtfs_index.sqlite import INDEX_FILE, SqliteIndex
 
-from wtfs.cache import aindex
+from wtfs.cache import quick
 from wtfs.cache.aindex import AsyncIndex
 
 
@@ -82,7 +82,7 @@ async def test_a_small_call_grown_slow_goes_back_to_the_thread(
     await create(index, owner)
     await create(index, owner)
     assert sync.threads[-1] == loop
-    sync.slow = 10 * aindex.QUICK_BUDGET
+    sync.slow = 10 * quick.QUICK_BUDGET
     for _ in range(5):
         await create(index, owner)
     # one slow run on the loop thread lifts its mean over the budget: the rest are threaded

@@ -4,9 +4,11 @@ event loop (another process may hold the write lock for a while, a server may be
 One exception, for speed: a small call of a local index (SQLite's `quick_calls`: a reader's open,
 a fetch's claims and commits, a close) runs on the event loop's own thread when no other call is
 in flight, the index's write lock is free at once (`without_waiting`, else it goes to the thread
-after all), and its running mean stays under `QUICK_BUDGET`. The hop to a worker thread and back
-costs 0.3-0.9 ms on a 2-core machine, against 0.05-0.2 ms of SQL: a random read's open and first
-byte make three such calls, and took 4.4-5.1 ms with the hops, 3.5 ms without (bench `random`).
+after all), and its running mean stays under `QUICK_BUDGET` (`wtfs.cache.quick`; a call's first
+runs are on the worker thread, which measures it too: `reserve` grows with the entries). The
+hop to a worker thread and back costs 0.3-0.9 ms on a 2-core machine, against 0.05-0.2 ms of
+SQL: a random read's open and first byte make three such calls, and took 4.4-5.1 ms with the
+hops, 3.5 ms without (bench `random`).
 
 This is where the index's own failures become wtfs errors (`wtfs.errors.from_index`), once, and
 where a write that met a full disk (`DiskFull`, SQLite's "database or disk is full") is tried
@@ -20,13 +22,13 @@ import contextvars
 import functools
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 import trio
 from wtfs_index import Index, IndexBusy, IndexFailure
 
+from wtfs.cache.quick import Quick
 from wtfs.errors import DiskFull, IndexUnavailable, from_index
 
 log = logging.getLogger(__name__)
@@ -38,13 +40,6 @@ P = ParamSpec("P")
 RETRY_BASE = 0.1
 RETRY_MAX = 2.0
 
-#: a quick call runs on the event loop's thread only while its running mean (seconds) is below
-#: this: a longer one would hold up every other request of the mount meanwhile. A call's first
-#: runs are on the worker thread, which measures it too (`reserve` grows with the store's entries)
-QUICK_BUDGET = 0.0005
-#: the weight of each new measurement in that mean
-QUICK_WEIGHT = 0.2
-
 #: set while this task is making room for the index: the GC's own index calls must not recurse
 _making_room: contextvars.ContextVar[bool] = contextvars.ContextVar("making_room", default=False)
 
@@ -53,8 +48,7 @@ class AsyncIndex:
     def __init__(self, index: Index) -> None:
         self.sync = index
         self._limiter = trio.CapacityLimiter(1)
-        #: running mean of each quick call's time (seconds), wherever it ran
-        self._cost: dict[str, float] = {}
+        self._cost = Quick()  # the running mean of each quick call's time
         #: why the last call could not reach the index, until one does (for the causes of
         #: reads that waited for it)
         self.unreachable: str | None = None
@@ -117,22 +111,17 @@ class AsyncIndex:
 
     def _may_run_here(self, name: str) -> bool:
         idle = self._limiter.borrowed_tokens == 0 and not self._limiter.statistics().tasks_waiting
-        return idle and self._cost.get(name, QUICK_BUDGET) < QUICK_BUDGET
+        return idle and self._cost.cheap(name)
 
     def _timed(self, name: str | None, call: Callable[[], T], here: bool = False) -> T:
         """`call()`, its time added to the running mean of `name`'s; `here`: without waiting
         (`IndexBusy`, and then no time is counted)."""
-        started = time.perf_counter()
+        if name is None:
+            return call()
         if here:
             with self.sync.without_waiting():
-                result = call()
-        else:
-            result = call()
-        if name is not None:
-            took = time.perf_counter() - started
-            last = self._cost.get(name, took)
-            self._cost[name] = last + QUICK_WEIGHT * (took - last)
-        return result
+                return self._cost.timed(name, call)
+        return self._cost.timed(name, call)
 
     async def run_retrying(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """As `run`, trying again with backoff while the index cannot be reached (a database

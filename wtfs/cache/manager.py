@@ -35,6 +35,7 @@ from wtfs_index import EntryRow, LockKind, NewEntry, Owner, Ranges
 from wtfs.cache import dedup
 from wtfs.cache.aindex import AsyncIndex
 from wtfs.cache.entry import FileRef, Handle, LiveEntry
+from wtfs.cache.quick import Quick
 from wtfs.cache.runs import Run, Span, StopRun, execute
 from wtfs.cache.space import Space, is_disk_full
 from wtfs.cache.stats import Stats
@@ -154,6 +155,7 @@ class CacheManager:
         self._handles_by_lock: dict[int, Handle] = {}
         self._slots = trio.CapacityLimiter(settings.max_concurrent_transfers)
         self._nursery: trio.Nursery | None = None
+        self._store_calls = Quick()
         self._atimes: dict[str, float] = {}
         self._load_lock = trio.Lock()
         self._lease_lock = trio.Lock()
@@ -493,7 +495,11 @@ class CacheManager:
                 await self.space.settle(row.unlink)
         if ref.content_hash is not None and not row.complete and not row.present:
             row = await dedup.adopt(self.index, self.store, row, self.owner.owner_id) or row
-        fd = await trio.to_thread.run_sync(self.store.open_file, row.file_name, ref.size)
+        # In line once it proved quick (a local disk): a thread's hop cost a random read's
+        # open 0.3 ms, ten times the syscalls.
+        fd = await self._store_calls.run(
+            "open_file", functools.partial(self.store.open_file, row.file_name, ref.size)
+        )
         entry = LiveEntry(ref, row.file_name, fd, row.ranges, row.complete, row.windowed)
         entry.retain()
         self._entries[ref.key] = entry
