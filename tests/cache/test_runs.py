@@ -83,27 +83,3 @@ async def test_a_run_goes_on_writing_while_its_last_block_is_committed(
     assert seen, "no commit_and_reserve"
     for committed_end, position in seen:
         assert position > committed_end  # the run did not wait for the commit
-
-
-async def test_with_a_capacity_larger_than_the_disk_a_run_claims_nothing_ahead(
-    tmp_path: Path,
-) -> None:
-    """Each claim is checked against the free space alone, which unwritten claims do not
-    show: with a capacity the disk cannot hold, a run claims only the piece it writes (runs
-    claiming ahead filled a 45 MiB filesystem under a 1 GiB store, and reads got ENOSPC)."""
-    MemoryProvider.reset()
-    MemoryProvider.blobs["mem://a"] = os.urandom(6 * MiB)
-    async with make_manager(tmp_path, capacity=1 << 60, block_size=MiB) as manager:
-        index = manager.index
-        writes: list[str] = []
-        real_run = index.run
-
-        async def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
-            if getattr(fn, "__name__", "") in WRITES:
-                writes.append(fn.__name__)
-            return await real_run(fn, *args, **kwargs)
-
-        index.run = run  # type: ignore[method-assign]
-        assert await read_all(manager) == MemoryProvider.blobs["mem://a"]
-    assert "commit_and_reserve" not in writes
-    assert writes.count("commit_range") == 6  # every block committed in line

@@ -1075,7 +1075,7 @@ class _EntryTarget:
         self.wanted = wanted
         self.transfer: Transfer | None = None
 
-    async def reserve(self, run: Run, start: int, end: int, *, ahead: bool = False) -> int:
+    async def reserve(self, run: Run, start: int, end: int) -> int:
         entry = self.entry
         bs = self.manager.settings.block_size
         if not self._may_claim(run, start, end):
@@ -1085,9 +1085,8 @@ class _EntryTarget:
         wanted = self.wanted and start // bs == run.start // bs
         try:
             res = await self.manager.space.reserve(
-                entry.ref.key, start, end, entry.file_name, wanted=wanted and not ahead,
-                path=entry.ref.path, ahead=ahead,
-            )  # fmt: skip
+                entry.ref.key, start, end, entry.file_name, wanted=wanted, path=entry.ref.path
+            )
         except NoSpace:
             if not wanted:
                 raise StopRun from None

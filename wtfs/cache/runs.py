@@ -50,9 +50,8 @@ class StopRun(Exception):
 
 
 class RunTarget(Protocol):
-    async def reserve(self, run: Run, start: int, end: int, *, ahead: bool = False) -> int:
-        """Claim [start, end) for writing; raises StopRun (nothing to do) or a WtfsError.
-        `ahead`: for a piece after the one being written, which makes no room for it."""
+    async def reserve(self, run: Run, start: int, end: int) -> int:
+        """Claim [start, end) for writing; raises StopRun (nothing to do) or a WtfsError."""
         ...
 
     async def write(self, offset: int, data: memoryview) -> None: ...
@@ -221,7 +220,7 @@ class BlockSink:
                     assert beside.span is not None
                     # No claim: the long way, in line, says why when it matters.
                     with contextlib.suppress(StopRun, WtfsError):
-                        beside.claim = await self.target.reserve(self.run, *beside.span, ahead=True)
+                        beside.claim = await self.target.reserve(self.run, *beside.span)
                 else:
                     claim, start, end = written
                     beside.claim = await self.target.commit(

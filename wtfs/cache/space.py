@@ -129,20 +129,11 @@ class Space:
         return (1 << 62) if free is None else free - self.disk_reserve
 
     async def reserve(
-        self,
-        key: str,
-        start: int,
-        end: int,
-        file_name: str,
-        *,
-        wanted: bool,
-        path: str,
-        ahead: bool = False,
+        self, key: str, start: int, end: int, file_name: str, *, wanted: bool, path: str
     ) -> Reservation:
         """A claim on [start, end) of entry `key`, or the reason there is none (busy, present,
         stale). Raises NoSpace when a reader wants the bytes and no room can be made, and
-        StopRun (from the caller's point of view: `no_room` answered) for read-ahead. `ahead`:
-        a claim taken before the run writes it (`runs.BlockSink`), which makes no room."""
+        StopRun (from the caller's point of view: `no_room` answered) for read-ahead."""
         sync = self.index.sync
         waited_for_pins = waited_for_others = 0.0
         tried_gc = False
@@ -151,8 +142,8 @@ class Space:
             res = await self.index.run_retrying(
                 sync.reserve, key, start, end, self.owner, self.capacity, file_name=file_name
             )
-            res, needed = await self._on_disk(res, start, end, ahead=ahead)
-            if not res.no_room or ahead:
+            res, needed = await self._on_disk(res, start, end)
+            if not res.no_room:
                 return res
             if not tried_gc and self.make_room is not None:
                 tried_gc = True
@@ -203,24 +194,15 @@ class Space:
             self.index.sync.commit_and_reserve, claim_id, key, start, end, transfer,
             then=then, owner=self.owner, capacity=self.capacity, file_name=file_name,
         )  # fmt: skip
-        res, _ = await self._on_disk(res, *then, ahead=True)
+        res, _ = await self._on_disk(res, *then)
         return ranges, res
 
-    async def _on_disk(
-        self, res: Reservation, start: int, end: int, *, ahead: bool = False
-    ) -> tuple[Reservation, int]:
+    async def _on_disk(self, res: Reservation, start: int, end: int) -> tuple[Reservation, int]:
         """`res`, unless the index granted room the disk has not (a capacity set larger than
         the disk): then the claim is given back and the answer is no room. And the bytes of
-        [start, end) it needs.
-
-        Each claim is checked against the free space alone, which the claims granted before it
-        and not written yet do not show. A run holds one such claim in line; a claim `ahead`
-        would make two, so it is taken only while the disk could hold every byte the index may
-        still grant (with a capacity larger than the disk, runs claiming ahead filled it: the
-        SQLite journal could not grow, and reads failed with ENOSPC)."""
+        [start, end) it needs."""
         needed = (end - start) - (res.ranges.overlap(start, end) if res.ranges else 0)
-        room = needed + max(0, self.capacity - (res.usage or 0)) if ahead else needed
-        if res.claim_id is not None and room > self.disk_room():
+        if res.claim_id is not None and needed > self.disk_room():
             await self.index.run(self.index.sync.release_claim, res.claim_id)
             res = Reservation(ranges=res.ranges, no_room=True, usage=res.usage)
         return res, needed
