@@ -1070,7 +1070,7 @@ def index_cost(ctx: Context) -> list[Row]:
                         assert res.claim_id is not None, res
                         _, res = index.commit_and_reserve(
                             res.claim_id, entry.key, start, end, None,
-                            then=(end, min(end + block, size)), owner=me, capacity=capacity,
+                            next_end=min(end + block, size), owner=me, capacity=capacity,
                             file_name=entry.file_name,
                         )  # fmt: skip
                     times.append((time.perf_counter() - started) / n)

@@ -289,7 +289,7 @@ def test_a_streaming_runs_commit_and_next_claim_take_four_round_trips(
 
     monkeypatch.setattr(psycopg.Cursor, "execute", execute)
     ranges, following = pg.commit_and_reserve(
-        first, key, 0, 100, (transfer, 100), then=(100, 200), owner=me, capacity=1000
+        first, key, 0, 100, (transfer, 100), next_end=200, owner=me, capacity=1000
     )
     monkeypatch.undo()
     assert following.claim_id is not None and ranges == Ranges([(0, 100)])

@@ -222,7 +222,7 @@ def test_commit_and_reserve_commits_one_span_and_claims_the_next(index: Index, m
     transfer = new_transfer(index, me, key=k)
     first = claim(index, k, 0, 400, me, 1000)
     ranges, following = index.commit_and_reserve(
-        first, k, 0, 400, (transfer, 400), then=(400, 800), owner=me, capacity=1000
+        first, k, 0, 400, (transfer, 400), next_end=800, owner=me, capacity=1000
     )
     assert ranges == Ranges([(0, 400)])
     assert following.claim_id is not None and following.ranges == ranges
@@ -232,7 +232,7 @@ def test_commit_and_reserve_commits_one_span_and_claims_the_next(index: Index, m
     assert [t.transferred for t in index.transfers()] == [400]
     # The same two steps one at a time leave the same rows.
     ranges, last = index.commit_and_reserve(
-        following.claim_id, k, 400, 800, None, then=(800, 1000), owner=me, capacity=1000
+        following.claim_id, k, 400, 800, None, next_end=1000, owner=me, capacity=1000
     )
     assert ranges == Ranges([(0, 800)]) and last.claim_id is not None
     assert index.commit_range(last.claim_id, k, 800, 1000) == Ranges([(0, 1000)])
@@ -246,13 +246,12 @@ def test_commit_and_reserve_commits_even_when_the_next_span_is_refused(
     other = new_entry(index, "other", 1000).key
     first = claim(index, k, 0, 300, me, 1000)
     claim(index, k, 300, 600, other_live_owner, 10_000)
-    ranges, busy = index.commit_and_reserve(
-        first, k, 0, 300, None, then=(300, 600), owner=me,
+    ranges, busy = index.commit_and_reserve(first, k, 0, 300, None, next_end=600, owner=me,
                                             capacity=10_000)  # fmt: skip
     assert ranges == Ranges([(0, 300)]) and busy.busy and busy.claim_id is None
     second = claim(index, other, 0, 300, me, 10_000)
     ranges, full = index.commit_and_reserve(
-        second, other, 0, 300, None, then=(300, 700), owner=me, capacity=900
+        second, other, 0, 300, None, next_end=700, owner=me, capacity=900
     )
     # 300 + 300 present and 300 claimed by the other owner: 400 more do not fit in 900.
     assert ranges == Ranges([(0, 300)]) and full.no_room and full.usage == 900
@@ -268,14 +267,14 @@ def test_commit_and_reserve_into_a_file_the_entry_does_not_name_answers_stale(
     entry = new_entry(index, "k", 100)
     first = claim(index, entry.key, 0, 50, me, 1000)
     ranges, reservation = index.commit_and_reserve(
-        first, entry.key, 0, 50, None, then=(50, 100), owner=me, capacity=1000,
+        first, entry.key, 0, 50, None, next_end=100, owner=me, capacity=1000,
         file_name="00/not-its-file",
     )  # fmt: skip
     assert ranges == Ranges() and reservation.stale and reservation.claim_id is None
     assert claim_rows(index) == []
     assert index.get_entry(entry.key).present == 0  # type: ignore[union-attr]
     gone, reservation = index.commit_and_reserve(
-        first, "girder:nope@v1", 0, 50, None, then=(50, 100), owner=me, capacity=1000
+        first, "girder:nope@v1", 0, 50, None, next_end=100, owner=me, capacity=1000
     )
     assert gone == Ranges() and reservation.stale
 
@@ -293,7 +292,7 @@ def test_a_dead_owners_claim_no_longer_counts_once_reserve_deleted_it(
     # After the commit: 200 present + 200 + 200 dead = 600, the capacity; 800..1000 fits only
     # once its dead claim is deleted and its bytes no longer count.
     ranges, reservation = index.commit_and_reserve(
-        first, k, 600, 800, None, then=(800, 1000), owner=me, capacity=600
+        first, k, 600, 800, None, next_end=1000, owner=me, capacity=600
     )
     assert ranges == Ranges([(600, 800)])
     assert not reservation.no_room and reservation.claim_id is not None

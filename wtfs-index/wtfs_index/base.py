@@ -767,12 +767,12 @@ class Index(ABC):
         end: int,
         transfer: tuple[int, int] | None,
         *,
-        then: tuple[int, int],
+        next_end: int,
         owner: Owner,
         capacity: int,
         file_name: str | None = None,
     ) -> tuple[Ranges, Reservation]:
-        """`commit_range` of [start, end), then `reserve` of the span `then`, in one
+        """`commit_range` of [start, end), then `reserve` of [end, next_end), in one
         transaction: a run streaming a file makes one per block rather than two (on PostgreSQL
         each costs its BEGIN, lock and COMMIT round trips, and the second re-reads the entry
         the first just wrote)."""
@@ -781,7 +781,7 @@ class Index(ABC):
             if done is None:
                 return Ranges(), Reservation(ranges=Ranges(), stale=True)
             ranges, windowed = done
-            return ranges, self._reserve(tx, key, ranges, windowed, *then, owner, capacity)
+            return ranges, self._reserve(tx, key, ranges, windowed, end, next_end, owner, capacity)
 
     def _commit(
         self,

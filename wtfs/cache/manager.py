@@ -36,7 +36,7 @@ from wtfs.cache import dedup
 from wtfs.cache.aindex import AsyncIndex
 from wtfs.cache.entry import FileRef, Handle, LiveEntry
 from wtfs.cache.quick import Quick
-from wtfs.cache.runs import Run, Span, StopRun, execute
+from wtfs.cache.runs import Run, StopRun, execute
 from wtfs.cache.space import Space, is_disk_full
 from wtfs.cache.stats import Stats
 from wtfs.cache.store import Store
@@ -1131,13 +1131,13 @@ class _EntryTarget:
         self.manager.stats.fetched(len(data))
 
     async def commit(
-        self, run: Run, claim_id: int, start: int, end: int, *, then: Span | None = None
+        self, run: Run, claim_id: int, start: int, end: int, *, next_end: int | None = None
     ) -> int | None:
         entry = self.entry
         transfer = (self.transfer.id, run.transferred) if self.transfer else None
-        if then is not None and not self._may_claim(run, *then):
-            then = None
-        if then is None:
+        if next_end is not None and not self._may_claim(run, end, next_end):
+            next_end = None
+        if next_end is None:
             ranges = await self.manager.index.run_retrying(
                 self.manager.index.sync.commit_range, claim_id, entry.ref.key, start, end,
                 transfer, file_name=entry.file_name,
@@ -1145,7 +1145,7 @@ class _EntryTarget:
             res = None
         else:
             ranges, res = await self.manager.space.commit_and_reserve(
-                claim_id, entry.ref.key, start, end, transfer, then, entry.file_name
+                claim_id, entry.ref.key, start, end, transfer, next_end, entry.file_name
             )
         if ranges or not entry.ranges:  # empty: the entry was replaced (stale file)
             entry.learn(ranges)
@@ -1168,10 +1168,6 @@ class _EntryTarget:
 
     async def release(self, claim_id: int) -> None:
         await self.manager.index.run_retrying(self.manager.index.sync.release_claim, claim_id)
-
-    def start_soon(self, fn: Callable[[], Awaitable[None]]) -> None:
-        assert self.manager._nursery is not None  # open while any run runs
-        self.manager._nursery.start_soon(fn)
 
 
 __all__ = ["CacheManager", "CacheSettings", "FileRef", "Handle", "LiveEntry", "Ranges"]

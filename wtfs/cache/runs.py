@@ -4,15 +4,9 @@ A run sees the entry it fills only through `RunTarget`, three methods (as rclone
 see an item through FindMissing/HasRange/WriteAtNoOverwrite): `reserve` a piece before writing
 it (space in the store, or "stop: present already, or someone else fetches it"), `write` bytes
 at an offset, `commit` a written piece. Pieces are the parts of the span inside one block: a
-block is the unit of reservation, so a claim never covers more than a block.
-
-A streaming run keeps its index calls off the path of its bytes: while it writes piece k, the
-commit of piece k-1 and the claim of piece k+1 run beside it, in one index transaction
-(`commit(..., then=)`, started with `RunTarget.start_soon`). The run waits for that call only
-at the end of piece k, when it needs the claim, and a 4 MiB piece takes longer to arrive than
-the call takes, even on PostgreSQL under load (a commit made in line cost a run 0.7 ms on
-SQLite and 2.8 ms on PostgreSQL per block, most of it waiting for the event loop). When that
-claim was refused, the run commits in line and takes the long way (`reserve`).
+block is the unit of reservation, so a claim never covers more than a block. A streaming run
+commits a piece and claims the next in one index transaction (`commit(..., next_end=)`), and
+takes the long way (`reserve`) only when that claim was refused.
 
 Readers wait on a run's *progress*, not on whole blocks: `position` is the first byte the run
 has not written yet, and a reader waiting for [a, b) inside the run wakes as soon as
@@ -29,10 +23,8 @@ the daemons spin, grow and die under load.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -57,22 +49,15 @@ class RunTarget(Protocol):
     async def write(self, offset: int, data: memoryview) -> None: ...
 
     async def commit(
-        self, run: Run, claim_id: int, start: int, end: int, *, then: Span | None = None
+        self, run: Run, claim_id: int, start: int, end: int, *, next_end: int | None = None
     ) -> int | None:
-        """Record a written piece. With `then`, also claim that span in the same index
-        transaction: its claim id, or None (then `reserve` it, which says why not)."""
+        """Record a written piece. With `next_end`, also claim [end, next_end) in the same
+        index transaction: its claim id, or None (then `reserve` it, which says why not)."""
         ...
 
     async def release(self, claim_id: int) -> None:
         """Free a claim nothing was written under."""
         ...
-
-    def start_soon(self, fn: Callable[[], Awaitable[None]]) -> None:
-        """Run `fn` beside the run (it never raises)."""
-        ...
-
-
-Span = tuple[int, int]
 
 
 class Run:
@@ -141,17 +126,6 @@ class Run:
         await self._done.wait()
 
 
-class _Beside:
-    """An index call made beside the fetch: the commit of a written piece and the claim of
-    the piece after the one being written (`span`), or that claim alone."""
-
-    def __init__(self, span: Span | None) -> None:
-        self.span = span
-        self.claim: int | None = None
-        self.error: Exception | None = None
-        self.done = trio.Event()
-
-
 class BlockSink:
     """Receives a run's bytes from the provider: reserves each piece before writing into it,
     commits it once written, keeps the run's `position` for waiting readers."""
@@ -160,10 +134,9 @@ class BlockSink:
         self.run = run
         self.target = target
         self.size = size
-        self._claim: int | None = None  # the piece being written: [_piece_start, _piece_end)
+        self._claim: int | None = None
         self._piece_start = 0
         self._piece_end = 0
-        self._beside: _Beside | None = None
 
     async def write(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -177,7 +150,7 @@ class BlockSink:
             self.run.transferred += take
             self.run.advance(offset)
             if offset == self._piece_end:
-                await self._finish_piece()
+                await self._finish_piece(offset)
 
     async def begin(self) -> None:
         """Reserve the run's first piece before any request is made: a block another process
@@ -190,98 +163,38 @@ class BlockSink:
         bs = self.run.block_size
         return min(self.run.end, self.size, (offset // bs + 1) * bs)
 
-    def _following(self) -> Span | None:
-        """The piece after the one being written, if the run goes on to it."""
-        end = self._piece_end
-        return (end, self._piece_after(end)) if end < min(self.run.end, self.size) else None
-
     async def _begin(self, offset: int) -> None:
         self._piece_start = offset
         self._piece_end = self._piece_after(offset)
         self._claim = await self.target.reserve(self.run, offset, self._piece_end)
         self.run.claimed_from = offset
-        assert self._beside is None
-        self._start_beside(None)  # the claim of the following piece, while this one streams
 
-    def _start_beside(self, written: tuple[int, int, int] | None) -> None:
-        """Commit `written` (claim, start, end), if any, and claim the following piece."""
-        span = self._following()
-        if span is None and written is None:
-            return
-        beside = self._beside = _Beside(span)
-        self.target.start_soon(functools.partial(self._call_beside, beside, written))
-
-    async def _call_beside(self, beside: _Beside, written: tuple[int, int, int] | None) -> None:
-        # Shielded: written bytes must never outlive their claim uncounted, and a claim the
-        # index granted must reach `close` to be released.
-        with trio.CancelScope(shield=True):
-            try:
-                if written is None:
-                    assert beside.span is not None
-                    # No claim: the long way, in line, says why when it matters.
-                    with contextlib.suppress(StopRun, WtfsError):
-                        beside.claim = await self.target.reserve(self.run, *beside.span)
-                else:
-                    claim, start, end = written
-                    beside.claim = await self.target.commit(
-                        self.run, claim, start, end, then=beside.span
-                    )
-                    self.run.claimed_from = end
-            except Exception as exc:  # raised in the run by `_finish_piece` or `close`
-                beside.error = exc
-            finally:
-                beside.done.set()
-
-    async def _settle_beside(self) -> _Beside | None:
-        """Wait for the call beside the fetch; raise its error (a commit that failed)."""
-        beside = self._beside
-        if beside is None:
-            return None
-        await beside.done.wait()
-        self._beside = None
-        if beside.error is not None:
-            error, beside.error = beside.error, None
-            if beside.claim is not None:
-                with trio.CancelScope(shield=True):
-                    await self.target.release(beside.claim)
-            raise error
-        return beside
-
-    async def _finish_piece(self) -> None:
-        beside = await self._settle_beside()
-        claim, start, end = self._claim, self._piece_start, self._piece_end
+    async def _finish_piece(self, offset: int) -> None:
+        claim, self._claim = self._claim, None
         assert claim is not None
-        if beside is not None and beside.claim is not None:
-            assert beside.span is not None  # the following piece is ours: on to it at once
-            self._claim = beside.claim
-            self._piece_start, self._piece_end = beside.span
-            self._start_beside((claim, start, end))
-            return
-        # Nothing claimed ahead (the last piece, or the claim was refused): commit in line.
-        self._claim = None
-        with trio.CancelScope(shield=True):  # written bytes must never outlive their claim
-            await self.target.commit(self.run, claim, start, end)
-        self.run.claimed_from = end
+        next_end = self._piece_after(offset) if offset < min(self.run.end, self.size) else None
+        # Shielded: written bytes must never outlive their claim uncounted.
+        with trio.CancelScope(shield=True):
+            self._claim = await self.target.commit(
+                self.run, claim, self._piece_start, self._piece_end, next_end=next_end
+            )
+        self.run.claimed_from = self._piece_end
+        if self._claim is not None:
+            assert next_end is not None
+            self._piece_start, self._piece_end = offset, next_end
 
     async def close(self) -> None:
-        """At the end of a run, however it ended: let the call beside the fetch end (its
-        commit counts, its claim is freed), keep what a cut-short piece wrote (valid bytes),
-        free the rest of its claim."""
+        """At the end of a run, however it ended: keep what a cut-short piece wrote (valid
+        bytes), free the rest of its claim."""
+        claim, self._claim = self._claim, None
+        if claim is None:
+            return
         with trio.CancelScope(shield=True):
-            beside, self._beside = self._beside, None
-            if beside is not None:
-                await beside.done.wait()
-                if beside.claim is not None:
-                    await self.target.release(beside.claim)
-            claim, self._claim = self._claim, None
-            if claim is not None:
-                if self.run.position > self._piece_start:
-                    await self.target.commit(self.run, claim, self._piece_start, self.run.position)
-                else:
-                    await self.target.release(claim)
-                self.run.claimed_from = self.run.position
-            if beside is not None and beside.error is not None:
-                raise beside.error  # the commit beside the fetch failed: the run did
+            if self.run.position > self._piece_start:
+                await self.target.commit(self.run, claim, self._piece_start, self.run.position)
+            else:
+                await self.target.release(claim)
+        self.run.claimed_from = self.run.position
 
 
 OnRetry = Callable[[int, WtfsError, float], None]

@@ -182,19 +182,19 @@ class Space:
         start: int,
         end: int,
         transfer: tuple[int, int] | None,
-        then: tuple[int, int],
+        next_end: int,
         file_name: str,
     ) -> tuple[Ranges, Reservation]:
-        """Commit [start, end) and claim the read-ahead span `then` in one transaction.
+        """Commit [start, end) and claim the read-ahead [end, next_end) in one transaction.
 
         Only the claim the index grants is taken here: when it answers no room (or the disk
         has none), the caller's `reserve` takes the long way, with the GC, as for any piece.
         """
         ranges, res = await self.index.run_retrying(
             self.index.sync.commit_and_reserve, claim_id, key, start, end, transfer,
-            then=then, owner=self.owner, capacity=self.capacity, file_name=file_name,
+            next_end=next_end, owner=self.owner, capacity=self.capacity, file_name=file_name,
         )  # fmt: skip
-        res, _ = await self._on_disk(res, *then)
+        res, _ = await self._on_disk(res, end, next_end)
         return ranges, res
 
     async def _on_disk(self, res: Reservation, start: int, end: int) -> tuple[Reservation, int]:
