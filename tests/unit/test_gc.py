@@ -263,7 +263,7 @@ def test_a_disk_smaller_than_the_capacity_sizes_the_marks(small_store: Store) ->
         assert report.capacity < 8 * size  # the filesystem's, not the configured 1 GiB
         assert report.usage_after <= report.capacity // 2, report
         assert evicted_names(report) == names[: len(report.evicted)] and report.evicted
-        roomy = collect(index, small_store, GcPolicy(4 * size, 0.9, 0.5), me)
+        roomy = collect(index, small_store, GcPolicy(4 * size, 0.9, 0.5, disk_reserve=0), me)
         assert roomy.capacity == 4 * size  # a configured capacity the disk holds is kept
     finally:
         index.close()

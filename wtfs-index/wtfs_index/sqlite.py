@@ -34,6 +34,11 @@ from wtfs_index.schema import statements
 
 INDEX_FILE = "index.sqlite3"
 EVICT_CACHE_KIB = 16 * 1024  # SQLite page cache during an eviction (see evict_lru)
+#: The write-ahead log's size on disk, beyond the tables: SQLite checkpoints it at 1000 pages
+#: (~4 MiB; it stays that long, reused from its start), and truncates it back to this after a
+#: checkpoint that a long reader had let it grow past. A store's disk must keep room for it
+#: (`wtfs.cache.space.auto_reserve`).
+WAL_LIMIT = 4 * 1024 * 1024 + 64 * 1024
 
 #: statfs f_type magics of filesystems SQLite's WAL cannot work on (linux/magic.h)
 SHARED_FILESYSTEMS = {
@@ -166,6 +171,7 @@ class SqliteIndex(Index):
             # NORMAL in WAL mode: a commit survives a process crash; only an OS crash can lose
             # the last transactions, and then the start-up check makes files and index agree.
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         except sqlite3.DatabaseError as exc:
             raise _translate(exc, path) from None
         with self._write() as tx:

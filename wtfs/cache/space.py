@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import trio
 from wtfs_index import Eviction, Owner, Ranges, Reservation, StoreSummary
+from wtfs_index.sqlite import WAL_LIMIT
 
 from wtfs.cache.aindex import AsyncIndex
 from wtfs.cache.store import Store
@@ -288,13 +289,20 @@ class Space:
             return False
 
 
+#: the least `auto_reserve` keeps: an SQLite index's write-ahead log, and as much again for the
+#: index's tables and the logs. (1 MiB was less than the log alone: on a 48 MiB filesystem the
+#: data filled the disk to its 2.4 MiB reserve, the log grew to 4.1 MiB, and reads failed.)
+MIN_RESERVE = 2 * WAL_LIMIT
+
+
 def auto_reserve(store: Store) -> int:
-    """5 % of the store's filesystem, between 1 MiB and 256 MiB: room for the index and logs."""
+    """5 % of the store's filesystem, between `MIN_RESERVE` (8 MiB) and 256 MiB: room for the
+    index and logs."""
     try:
         stats = os.statvfs(store.root if store.root.exists() else store.root.parent)
     except OSError:
         return 64 * 1024**2
-    return max(1024**2, min(256 * 1024**2, stats.f_blocks * stats.f_frsize // 20))
+    return max(MIN_RESERVE, min(256 * 1024**2, stats.f_blocks * stats.f_frsize // 20))
 
 
 def is_disk_full(exc: BaseException) -> bool:
