@@ -933,12 +933,19 @@ def _fill_index(index: Any, n: int, size: int) -> list[str]:
          "girder://file/x", f"/bench/f{i}", ranges, size, 1, now - n + i, now)
         for i in range(n)
     ]  # fmt: skip
+    # Rows many to a statement, as a bulk load would: the index counts each statement's inserts
+    # once (`wtfs_index.schema`), where a statement per row made 100,000 changes of one row in
+    # one transaction (56 s on PostgreSQL, against 4.8 s).
+    per = 2000
     with index._write() as tx:
-        tx.executemany(
-            "INSERT INTO entries (key, source_key, version, item_id, file_name, size, source,"
-            " path, ranges, present, complete, atime, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            rows,
-        )
+        for at in range(0, n, per):
+            chunk = rows[at : at + per]
+            tx.execute(
+                "INSERT INTO entries (key, source_key, version, item_id, file_name, size, source,"
+                " path, ranges, present, complete, atime, created) VALUES "
+                + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk)),
+                tuple(v for row in chunk for v in row),
+            )
     return [row[4] for row in rows]
 
 

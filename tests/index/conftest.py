@@ -319,3 +319,19 @@ def schema_1_index(
         db.commit()
     finally:
         db.close()
+
+
+def present_sums(index: Index) -> tuple[int, int]:
+    """(the store's present bytes as `present_total` keeps them, the entries' own sum): the
+    sum is what the kept row spares every reservation, so only a test asks for it."""
+    [(kept,)] = _execute(index, "SELECT bytes FROM present_total")
+    [(summed,)] = _execute(index, "SELECT COALESCE(SUM(present), 0) FROM entries")
+    return int(kept), int(summed)
+
+
+def forget_present_total(index: Index) -> None:
+    """Drop `present_total` and its triggers: an index as a wtfs from before them left it."""
+    on = " ON entries" if isinstance(index, PostgresIndex) else ""
+    for trigger in ("present_insert", "present_update", "present_delete"):
+        _execute(index, f"DROP TRIGGER {trigger}{on}")
+    _execute(index, "DROP TABLE present_total")

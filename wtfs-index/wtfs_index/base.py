@@ -67,6 +67,7 @@ from wtfs_index.model import (
 )
 from wtfs_index.owner import Owner
 from wtfs_index.ranges import Ranges
+from wtfs_index.schema import PRESENT_TOTAL_ROW, present_total_triggers
 
 SCHEMA_VERSION = 2
 #: the owner of an unlinking batch nobody carries out: its owner died or exited, or the batch
@@ -202,9 +203,9 @@ SMALL_CALLS = frozenset({
     "open_entry", "reserve", "commit_range", "commit_and_reserve", "release_lock",
     "transfer_create", "transfer_update",
 })  # fmt: skip
-#: bytes taken: present, reserved and unlinking (SUM(present) reads the LRU index alone)
+#: bytes taken: present (kept by triggers: `wtfs_index.schema`), reserved and unlinking
 _USAGE = (
-    "(SELECT COALESCE(SUM(present), 0) FROM entries)"
+    "(SELECT bytes FROM present_total)"
     " + (SELECT COALESCE(SUM(bytes), 0) FROM claims)"
     " + (SELECT COALESCE(SUM(bytes), 0) FROM unlinking)"
 )
@@ -655,7 +656,7 @@ class Index(ABC):
 
     def _summary(self, tx: Tx) -> StoreSummary:
         row = tx.one(
-            "SELECT COALESCE(SUM(present), 0) AS present, COUNT(*) AS entries,"
+            "SELECT (SELECT bytes FROM present_total) AS present, COUNT(*) AS entries,"
             " COALESCE(SUM(complete), 0) AS complete FROM entries"
         )
         assert row is not None
@@ -668,8 +669,7 @@ class Index(ABC):
 
     def _usage(self, tx: Tx) -> int:
         """Bytes taken: present, reserved and unlinking. Every reservation asks: one statement,
-        whose SUM(present) reads the LRU index alone, never the table (`_summary` counts
-        complete entries too, which only the table holds)."""
+        which reads no entry (`_USAGE`)."""
         return int(tx.scalar(f"SELECT {_USAGE} AS usage"))
 
     def reserve(
@@ -1425,6 +1425,14 @@ class Index(ABC):
         saved = tx.scalar("SELECT v FROM meta WHERE k = 'totals'")
         totals: dict[str, int] = json.loads(saved) if saved else {}
         return totals
+
+    def _keep_present_total(self, tx: Tx) -> None:
+        """Sum the store's present bytes into `present_total` and make the triggers that keep
+        it, unless an earlier opening did (`wtfs_index.schema.PRESENT_TOTAL_ROW`). Called in
+        the write transaction that opens the index, after the tables are made."""
+        if tx.all(PRESENT_TOTAL_ROW):
+            for statement in present_total_triggers(tx.dialect.name):
+                tx.execute(statement)
 
     def _set_meta(self, tx: Tx, key: str, value: str) -> None:
         tx.execute(

@@ -190,6 +190,7 @@ class PostgresIndex(Index):
                 )
             for statement in statements(self.dialect.types):
                 tx.execute(statement)
+            self._keep_present_total(tx)
             self._set_meta(tx, "schema_version", str(SCHEMA_VERSION))
 
     def describe(self) -> str:

@@ -47,8 +47,7 @@ CREATE TABLE IF NOT EXISTS entries (
     atime {real} NOT NULL,
     created {real} NOT NULL
 );
--- The LRU order of eviction, and present for usage() (SUM(present) reads this index, not the
--- table).
+-- The LRU order of eviction (the GC's walk skips empty entries by present without the table).
 CREATE INDEX IF NOT EXISTS entries_atime_key_present ON entries(atime, key, present);
 CREATE INDEX IF NOT EXISTS entries_source ON entries(source_key);
 -- Older versions waiting for their last lock to go: few, looked for on every new entry.
@@ -167,6 +166,11 @@ CREATE TABLE IF NOT EXISTS prefetch_files (
     fetched {big} NOT NULL DEFAULT 0,
     error TEXT,
     PRIMARY KEY (prefetch_id, path)
+);
+-- The store's present bytes (`PRESENT_TOTAL_ROW`): one row, kept by triggers on entries.
+CREATE TABLE IF NOT EXISTS present_total (
+    one {small} PRIMARY KEY CHECK (one = 1),
+    bytes {big} NOT NULL
 )
 """
 
@@ -174,3 +178,65 @@ CREATE TABLE IF NOT EXISTS prefetch_files (
 def statements(types: Mapping[str, str]) -> list[str]:
     """The schema's statements (idempotent: `IF NOT EXISTS`), with `types` filled in."""
     return [s for s in TABLES.format(**types).split(";") if s.strip()]
+
+
+#: The row of `present_total`, the store's present bytes, summed from the entries once, in the
+#: transaction that makes the triggers that keep it (`present_total_triggers`); it returns a row
+#: only when this transaction made the row. Every reservation asks for the usage, and a SUM over
+#: the entries cost 3.7 ms per 4 MiB block on SQLite with 100,000 entries (a scan of the whole
+#: LRU index). Triggers rather than the writers keep it, so that no write of `present` can miss
+#: it, an older wtfs's on the same store included.
+PRESENT_TOTAL_ROW = (
+    "INSERT INTO present_total (one, bytes) SELECT 1, COALESCE(SUM(present), 0) FROM entries"
+    " WHERE true ON CONFLICT (one) DO NOTHING RETURNING one"  # SQLite's upsert needs the WHERE
+)
+_SQLITE_TRIGGERS = [
+    "CREATE TRIGGER IF NOT EXISTS present_insert AFTER INSERT ON entries WHEN NEW.present <> 0"
+    " BEGIN UPDATE present_total SET bytes = bytes + NEW.present; END",
+    "CREATE TRIGGER IF NOT EXISTS present_update AFTER UPDATE OF present ON entries"
+    " WHEN NEW.present <> OLD.present"
+    " BEGIN UPDATE present_total SET bytes = bytes + NEW.present - OLD.present; END",
+    "CREATE TRIGGER IF NOT EXISTS present_delete AFTER DELETE ON entries WHEN OLD.present <> 0"
+    " BEGIN UPDATE present_total SET bytes = bytes - OLD.present; END",
+]
+# On PostgreSQL every change of one row leaves a row version behind, and within a transaction
+# the next change steps over all of them: one row changed once per entry by a GC pass deleting
+# tens of thousands, or a bulk insert, took seconds. Insertions and deletions are counted once
+# per statement, over its transition table; an update of `present` changes one entry or a few
+# (a commit, a window's drop), and is counted per row, only when `present` moved: the opens
+# that move an entry's atime call nothing.
+_POSTGRES_TRIGGERS = [
+    """CREATE OR REPLACE FUNCTION wtfs_present_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE delta BIGINT := (SELECT COALESCE(SUM(present), 0) FROM new_rows);
+BEGIN
+    IF delta <> 0 THEN
+        UPDATE present_total SET bytes = bytes + delta;
+    END IF;
+    RETURN NULL;
+END $$""",
+    """CREATE OR REPLACE FUNCTION wtfs_present_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE delta BIGINT := (SELECT COALESCE(SUM(present), 0) FROM old_rows);
+BEGIN
+    IF delta <> 0 THEN
+        UPDATE present_total SET bytes = bytes - delta;
+    END IF;
+    RETURN NULL;
+END $$""",
+    """CREATE OR REPLACE FUNCTION wtfs_present_moved() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE present_total SET bytes = bytes + NEW.present - OLD.present;
+    RETURN NULL;
+END $$""",
+    "CREATE TRIGGER present_insert AFTER INSERT ON entries REFERENCING NEW TABLE AS new_rows"
+    " FOR EACH STATEMENT EXECUTE FUNCTION wtfs_present_inserted()",
+    "CREATE TRIGGER present_update AFTER UPDATE OF present ON entries FOR EACH ROW"
+    " WHEN (NEW.present <> OLD.present) EXECUTE FUNCTION wtfs_present_moved()",
+    "CREATE TRIGGER present_delete AFTER DELETE ON entries REFERENCING OLD TABLE AS old_rows"
+    " FOR EACH STATEMENT EXECUTE FUNCTION wtfs_present_deleted()",
+]
+
+
+def present_total_triggers(dialect: str) -> list[str]:
+    """The statements that make the triggers keeping `present_total`, for a backend named
+    `dialect`."""
+    return _POSTGRES_TRIGGERS if dialect == "postgresql" else _SQLITE_TRIGGERS

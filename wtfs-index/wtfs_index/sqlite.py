@@ -185,6 +185,7 @@ class SqliteIndex(Index):
                 _migrate_from_1(tx)
             for statement in statements(SqliteDialect.types):
                 tx.execute(statement)
+            self._keep_present_total(tx)
             self._set_meta(tx, "schema_version", str(SCHEMA_VERSION))
 
     def close(self) -> None:
