@@ -206,19 +206,18 @@ _SQLITE_TRIGGERS = [
 # (a commit, a window's drop), and is counted per row, only when `present` moved: the opens
 # that move an entry's atime call nothing.
 _POSTGRES_TRIGGERS = [
-    """CREATE OR REPLACE FUNCTION wtfs_present_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE delta BIGINT := (SELECT COALESCE(SUM(present), 0) FROM new_rows);
+    # Each branch names only its own transition table: plpgsql plans a statement when it
+    # first runs it, and a deletion has no new_rows.
+    """CREATE OR REPLACE FUNCTION wtfs_present_counted() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE delta BIGINT;
 BEGIN
+    IF TG_OP = 'INSERT' THEN
+        delta := (SELECT COALESCE(SUM(present), 0) FROM new_rows);
+    ELSE
+        delta := -(SELECT COALESCE(SUM(present), 0) FROM old_rows);
+    END IF;
     IF delta <> 0 THEN
         UPDATE present_total SET bytes = bytes + delta;
-    END IF;
-    RETURN NULL;
-END $$""",
-    """CREATE OR REPLACE FUNCTION wtfs_present_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE delta BIGINT := (SELECT COALESCE(SUM(present), 0) FROM old_rows);
-BEGIN
-    IF delta <> 0 THEN
-        UPDATE present_total SET bytes = bytes - delta;
     END IF;
     RETURN NULL;
 END $$""",
@@ -228,11 +227,11 @@ BEGIN
     RETURN NULL;
 END $$""",
     "CREATE TRIGGER present_insert AFTER INSERT ON entries REFERENCING NEW TABLE AS new_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION wtfs_present_inserted()",
+    " FOR EACH STATEMENT EXECUTE FUNCTION wtfs_present_counted()",
     "CREATE TRIGGER present_update AFTER UPDATE OF present ON entries FOR EACH ROW"
     " WHEN (NEW.present <> OLD.present) EXECUTE FUNCTION wtfs_present_moved()",
     "CREATE TRIGGER present_delete AFTER DELETE ON entries REFERENCING OLD TABLE AS old_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION wtfs_present_deleted()",
+    " FOR EACH STATEMENT EXECUTE FUNCTION wtfs_present_counted()",
 ]
 
 
