@@ -10,8 +10,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+import trio
+from wtfs_index import Owner
+
 from tests.cache.test_load import ref
 from tests.support.memprovider import MemoryProvider, make_manager
+from wtfs.errors import NotFound
 
 MiB = 1024 * 1024
 
@@ -44,3 +49,75 @@ async def test_a_run_streaming_a_file_makes_one_index_write_per_block(tmp_path: 
     # one before it, and the last commit claims nothing.
     assert writes == ["reserve", *["commit_and_reserve"] * 5, "commit_range"]
     assert calls["open_entry"] == 1 and calls["release_lock"] == 1
+
+
+async def test_a_random_read_sends_its_request_while_its_first_piece_is_claimed(
+    tmp_path: Path,
+) -> None:
+    # The claim's transaction is then off the way to the first byte (wtfs.cache.runs).
+    MemoryProvider.reset()
+    blob = os.urandom(4 * MiB)
+    MemoryProvider.blobs["mem://r"] = blob
+    async with make_manager(tmp_path, capacity=64 * MiB, block_size=MiB) as manager:
+        index = manager.index
+        requests_at_reserve: list[int] = []
+        real_run = index.run
+
+        async def run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            if getattr(fn, "__name__", "") == "reserve":
+                requests_at_reserve.append(len(MemoryProvider.requests))
+            return await real_run(fn, *args, **kwargs)
+
+        index.run = run  # type: ignore[method-assign]
+        handle = await manager.open(ref("r", len(blob)))
+        offset = 2 * MiB + 12345
+        got = bytes(await manager.read(handle, offset, 4096))
+        await manager.release(handle)
+        assert index.sync.claims() == []
+    assert got == blob[offset : offset + 4096]
+    assert requests_at_reserve == [1]
+
+
+async def test_a_random_read_of_a_block_another_process_fetches_writes_nothing_into_it(
+    tmp_path: Path,
+) -> None:
+    # Its request went out beside its claim, which was refused (busy): the answer is dropped
+    # unwritten, and the reader waits for the other process's bytes.
+    MemoryProvider.reset()
+    blob = os.urandom(4 * MiB)
+    MemoryProvider.blobs["mem://b"] = blob
+    async with make_manager(tmp_path, capacity=64 * MiB, block_size=MiB) as manager:
+        sync = manager.index.sync
+        other = Owner.current("other")
+        sync.register_owner(other, "mount")
+        handle = await manager.open(ref("b", len(blob)))
+        entry = sync.get_entry(handle.entry.ref.key)
+        assert entry is not None
+        theirs = sync.reserve(entry.key, 2 * MiB, 3 * MiB, other, 64 * MiB,
+                              file_name=entry.file_name)  # fmt: skip
+        assert theirs.claim_id is not None
+        offset = 2 * MiB + 12345
+        with trio.move_on_after(0.5) as waiting:
+            await manager.read(handle, offset, 4096)
+        assert waiting.cancelled_caught  # still waiting for the other process
+        assert len(MemoryProvider.requests) >= 1  # sent beside the claim, and dropped
+        assert [c.id for c in sync.claims()] == [theirs.claim_id]
+        row = sync.get_entry(entry.key)
+        assert row is not None and row.present == 0
+        assert os.pread(handle.entry.fd, MiB, 2 * MiB).count(0) == MiB  # not a byte written
+        await manager.release(handle)
+
+
+async def test_a_random_read_whose_request_fails_beside_its_claim_leaves_no_claim(
+    tmp_path: Path,
+) -> None:
+    MemoryProvider.reset()
+    blob = os.urandom(4 * MiB)
+    MemoryProvider.blobs["mem://f"] = blob
+    MemoryProvider.explode["mem://f"] = NotFound("mem://f: gone")
+    async with make_manager(tmp_path, capacity=64 * MiB, block_size=MiB) as manager:
+        handle = await manager.open(ref("f", len(blob)))
+        with pytest.raises(NotFound):
+            await manager.read(handle, 2 * MiB + 12345, 4096)
+        assert manager.index.sync.claims() == []
+        await manager.release(handle)

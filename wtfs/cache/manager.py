@@ -789,7 +789,7 @@ class CacheManager:
                     run_start = missing - missing % PAGE
                     run = self._start_run(
                         entry, run_start, last_block=missing // bs,
-                        stop=max(end, run_start + RANDOM_SPAN),
+                        stop=max(end, run_start + RANDOM_SPAN), claim_beside=True,
                     )  # fmt: skip
                 if run is None:
                     await trio.sleep(BUSY_POLL)  # overlapped by a run just ending: look again
@@ -840,10 +840,12 @@ class CacheManager:
         transfer: Transfer | None = None,
         ahead: bool = False,
         stop: int | None = None,
+        claim_beside: bool = False,
     ) -> Run | None:
         """Fetch the missing bytes from `start` up to the end of `last_block` (or `stop`, if
         before), stopping before bytes that are present or that a run of ours is on its way
-        to. None: nothing to do."""
+        to; `claim_beside`: its request goes out while its first piece is claimed (a random
+        read's, `wtfs.cache.runs`). None: nothing to do."""
         if self._closing or self._nursery is None:
             raise TransferFailed(f"{entry.ref.path}: the mount is being unmounted")
         bs = self.settings.block_size
@@ -860,7 +862,7 @@ class CacheManager:
             if run.position <= start:
                 return None  # that run is on its way to `start`
             end = min(end, run.claimed_from)  # stop where that run's own bytes begin
-        run = Run(start, end, bs)
+        run = Run(start, end, bs, claim_beside=claim_beside)
         entry.runs.add(run)
         entry.retain()
         self._nursery.start_soon(self._run, entry, run, transfer, ahead)

@@ -13,7 +13,11 @@ has not written yet, and a reader waiting for [a, b) inside the run wakes as soo
 `position >= b` (its bytes are in the store file, under our claim, even before the commit).
 
 The first piece is reserved before the request is sent: a reader waiting for a block another
-process is fetching polls the index for it, and never downloads bytes it would throw away.
+process is fetching polls the index for it, and never downloads bytes it would throw away. A
+random read's run (`claim_beside`, a span of a few hundred KiB) sends its request beside that
+claim instead, and its first write waits for the claim: the claim's transaction then costs no
+time on the way to the first byte (traced: 0.2-0.3 ms of 4), and at worst one span is thrown
+away.
 
 A run never lets an exception escape into the nursery it lives in: a failure (expected or not)
 becomes `run.error`, which the readers waiting on it raise. An escaped exception would cancel
@@ -63,10 +67,14 @@ class RunTarget(Protocol):
 class Run:
     """A span [start, end) of one entry being fetched by one provider request (with retries)."""
 
-    def __init__(self, start: int, end: int, block_size: int) -> None:
+    def __init__(
+        self, start: int, end: int, block_size: int, *, claim_beside: bool = False
+    ) -> None:
         self.start = start
         self.end = end
         self.block_size = block_size
+        #: send the request while the first piece is being claimed (see the module docstring)
+        self.claim_beside = claim_beside
         self.position = start  # bytes [start, position) are written
         #: the written bytes not committed yet are [claimed_from, position): under our claim,
         #: they cannot be dropped; once committed, the entry's ranges speak for them
@@ -137,8 +145,16 @@ class BlockSink:
         self._claim: int | None = None
         self._piece_start = 0
         self._piece_end = 0
+        #: set once a claim taken beside the request (`claim_beside`) has its answer
+        self._first: trio.Event | None = None
+        self._first_refused: Exception | None = None
 
     async def write(self, offset: int, data: bytes | memoryview) -> None:
+        if self._first is not None:
+            await self._first.wait()
+            self._first = None
+        if self._first_refused is not None:
+            raise self._first_refused  # StopRun, or why the claim failed: the request is moot
         view = memoryview(data)
         while view:
             if self._claim is None:
@@ -158,6 +174,30 @@ class BlockSink:
         transaction rather than of a download cut short."""
         if self._claim is None and self.run.position < self.run.end:
             await self._begin(self.run.position)
+
+    def expect_claim(self) -> None:
+        """Writes wait for `claim_beside` (started next, in a task of its own)."""
+        self._first = trio.Event()
+
+    async def claim_beside(self, deadline: float) -> None:
+        """`begin`, while the request is on its way; its refusal or failure is raised by the
+        first write (or by `execute`, if the request failed first)."""
+        assert self._first is not None
+        first = self._first
+        try:
+            with trio.move_on_after(deadline) as waiting:
+                await self.begin()
+            if waiting.cancelled_caught:
+                raise _unreserved(self.run, deadline, "file")
+        except Exception as exc:  # StopRun, a WtfsError, a bug: the run's outcome, not a crash
+            self._first_refused = exc
+        finally:
+            first.set()
+
+    @property
+    def refused(self) -> Exception | None:
+        """Why a claim taken beside the request was not granted (None: it was, or none was)."""
+        return self._first_refused
 
     def _piece_after(self, offset: int) -> int:
         bs = self.run.block_size
@@ -215,16 +255,16 @@ async def execute(
     error: WtfsError | None = None
     try:
         with run.cancel_scope:
-            with trio.move_on_after(policy.deadline) as waiting:
-                await sink.begin()  # the index may be unreachable: bounded like the fetch
-            if waiting.cancelled_caught:
-                raise Timeout(
-                    f"{source.label or 'file'}: bytes [{run.start}, {run.end}) could not be "
-                    f"reserved within {policy.deadline:g}s"
+            if run.claim_beside:
+                await _fetch_beside_claim(run, sink, provider, source, policy, on_retry)
+            else:
+                with trio.move_on_after(policy.deadline) as waiting:
+                    await sink.begin()  # the index may be unreachable: bounded like the fetch
+                if waiting.cancelled_caught:
+                    raise _unreserved(run, policy.deadline, source.label or "file")
+                await fetch_with_retry(
+                    provider, source, run.start, run.end, sink, policy, on_retry=on_retry
                 )
-            await fetch_with_retry(
-                provider, source, run.start, run.end, sink, policy, on_retry=on_retry
-            )
     except StopRun:
         pass
     except WtfsError as exc:
@@ -239,3 +279,35 @@ async def execute(
             log.exception("%s: could not settle the claim of %r", source.label, run)
             error = error or TransferFailed(f"{source.label}: {exc!r}")
         run.finish(error)
+
+
+def _unreserved(run: Run, deadline: float, label: str) -> Timeout:
+    return Timeout(
+        f"{label}: bytes [{run.start}, {run.end}) could not be reserved within {deadline:g}s"
+    )
+
+
+async def _fetch_beside_claim(
+    run: Run,
+    sink: BlockSink,
+    provider: Provider,
+    source: Source,
+    policy: RetryPolicy,
+    on_retry: OnRetry | None,
+) -> None:
+    """The fetch, its request sent while the first piece is claimed (`Run.claim_beside`). The
+    claim's refusal wins over the fetch's failure: a busy or present block is not an error."""
+    sink.expect_claim()
+    failure: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sink.claim_beside, policy.deadline)
+        try:
+            await fetch_with_retry(
+                provider, source, run.start, run.end, sink, policy, on_retry=on_retry
+            )
+        except Exception as exc:  # raised below, once the claim has its answer
+            failure = exc
+    if sink.refused is not None:
+        raise sink.refused
+    if failure is not None:
+        raise failure
