@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpcore
 import httpx
@@ -86,6 +87,7 @@ class GirderClient:
             if raw_downloads and self.api_url.startswith("http://")
             else None
         )
+        self._raw_base = httpx.URL(self.api_url + "/")
         self._http = httpx.AsyncClient(
             base_url=self.api_url + "/",
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
@@ -220,11 +222,14 @@ class GirderClient:
 
     @asynccontextmanager
     async def _open(self, path: str, headers: Mapping[str, str]) -> AsyncIterator[Response]:
-        request = self._http.build_request("GET", path, headers=headers)
         if self._raw is not None:
+            # The URL by hand: httpx's build_request took 90 us, a fifth of what a random
+            # read's first byte spends in the daemon before its request leaves.
+            base = self._raw_base
+            url = base.copy_with(raw_path=base.raw_path + quote(path, safe="/").encode())
             started = False
             try:
-                async with self._raw.get(request.url, headers) as raw:
+                async with self._raw.get(url, headers) as raw:
                     started = True
                     yield raw
                 return
@@ -236,6 +241,7 @@ class GirderClient:
                 if started:
                     raise
                 raise network_error(exc, f"GET {path}") from None
+        request = self._http.build_request("GET", path, headers=headers)
         try:
             response = await self._http.send(request, stream=True)
         except httpx.HTTPError as exc:
