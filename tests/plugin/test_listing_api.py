@@ -4,7 +4,7 @@ Girder: every item comes once, in `_id` order, with its files."""
 from __future__ import annotations
 
 import trio
-from girder_plugin_wtfs.listing import MAX_LIMIT
+from girder_plugin_wtfs.listing import FILE_FIELDS, ITEM_FIELDS, MAX_LIMIT
 from wtfs_devgirder.control import LocalGirder
 
 from wtfs.config import Secret
@@ -37,3 +37,8 @@ def test_a_folder_of_more_than_a_page_lists_every_item_once_with_its_files(
     assert items is not None
     assert [str(i["_id"]) for i in items] == sorted(ids)
     assert all(isinstance(i["files"], list) and len(i["files"]) == 1 for i in items)
+    # Only what a mount shows: Girder adds `_modelType` to what it filters.
+    first = items[0]
+    assert set(first) == {*ITEM_FIELDS, "files", "_modelType"}
+    shown = set(first["files"][0])
+    assert {"_id", "name", "size", "created"} <= shown <= {*FILE_FIELDS, "_modelType"}
