@@ -21,10 +21,15 @@ from wtfs.errors import NotFound
 MiB = 1024 * 1024
 
 
-async def test_a_run_streaming_a_file_makes_one_index_write_per_block(tmp_path: Path) -> None:
+def _blob(name: str, size: int) -> bytes:
+    """Random bytes the memory provider serves as mem://`name` (and nothing else)."""
     MemoryProvider.reset()
-    blob = os.urandom(6 * MiB)
-    MemoryProvider.blobs["mem://a"] = blob
+    blob = MemoryProvider.blobs[f"mem://{name}"] = os.urandom(size)
+    return blob
+
+
+async def test_a_run_streaming_a_file_makes_one_index_write_per_block(tmp_path: Path) -> None:
+    blob = _blob("a", 6 * MiB)
     async with make_manager(tmp_path, capacity=64 * MiB, block_size=MiB) as manager:
         index = manager.index
         calls: collections.Counter[str] = collections.Counter()
@@ -55,9 +60,7 @@ async def test_a_random_read_sends_its_request_while_its_first_piece_is_claimed(
     tmp_path: Path,
 ) -> None:
     # The claim's transaction is then off the way to the first byte (wtfs.cache.runs).
-    MemoryProvider.reset()
-    blob = os.urandom(4 * MiB)
-    MemoryProvider.blobs["mem://r"] = blob
+    blob = _blob("r", 4 * MiB)
     async with make_manager(tmp_path, capacity=64 * MiB, block_size=MiB) as manager:
         index = manager.index
         requests_at_reserve: list[int] = []
@@ -83,9 +86,7 @@ async def test_a_random_read_of_a_block_another_process_fetches_writes_nothing_i
 ) -> None:
     # Its request went out beside its claim, which was refused (busy): the answer is dropped
     # unwritten, and the reader waits for the other process's bytes.
-    MemoryProvider.reset()
-    blob = os.urandom(4 * MiB)
-    MemoryProvider.blobs["mem://b"] = blob
+    blob = _blob("b", 4 * MiB)
     async with make_manager(tmp_path, capacity=64 * MiB, block_size=MiB) as manager:
         sync = manager.index.sync
         other = Owner.current("other")
@@ -111,9 +112,7 @@ async def test_a_random_read_of_a_block_another_process_fetches_writes_nothing_i
 async def test_a_random_read_whose_request_fails_beside_its_claim_leaves_no_claim(
     tmp_path: Path,
 ) -> None:
-    MemoryProvider.reset()
-    blob = os.urandom(4 * MiB)
-    MemoryProvider.blobs["mem://f"] = blob
+    blob = _blob("f", 4 * MiB)
     MemoryProvider.explode["mem://f"] = NotFound("mem://f: gone")
     async with make_manager(tmp_path, capacity=64 * MiB, block_size=MiB) as manager:
         handle = await manager.open(ref("f", len(blob)))
