@@ -145,6 +145,14 @@ def test_postgres_stopped_during_reads_then_started_again(
     a = cluster.node("node-a", config, data)
     b = cluster.node("node-b", config, data)
     assert a.sha256(cached.name) == cached.sha256  # read whole, and closed
+    # ... and committed: a read returns once its bytes are written, and the run commits them
+    # after. Opened before A's last commit, B took the last block for A's to fetch still, and
+    # waited for the index to say more (CI of 8967c0f: ETIMEDOUT once PostgreSQL was down).
+    index = store_index(config)
+    try:
+        wait_until(lambda: getattr(current_entry(index, cached.item_id), "complete", False), 30)
+    finally:
+        index.close()
     held = b.open(cached.name)  # open across the outage, not read yet by B
     waiting = b.open(fetched.name)  # open, nothing of it in the store
     postgres_server.stop()
