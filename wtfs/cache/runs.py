@@ -153,8 +153,8 @@ class BlockSink:
         if self._first is not None:
             await self._first.wait()
             self._first = None
-        if self._first_refused is not None:
-            raise self._first_refused  # StopRun, or why the claim failed: the request is moot
+            if self._first_refused is not None:
+                raise self._first_refused  # StopRun, or why the claim failed: the answer is moot
         view = memoryview(data)
         while view:
             if self._claim is None:
@@ -168,27 +168,32 @@ class BlockSink:
             if offset == self._piece_end:
                 await self._finish_piece(offset)
 
-    async def begin(self) -> None:
+    async def begin(self, deadline: float, label: str) -> None:
         """Reserve the run's first piece before any request is made: a block another process
         is fetching (busy) or that is present stops the run here, at the cost of one index
-        transaction rather than of a download cut short."""
-        if self._claim is None and self.run.position < self.run.end:
-            await self._begin(self.run.position)
+        transaction rather than of a download cut short. Within `deadline`, as the fetch (the
+        index may be unreachable), else Timeout naming `label`."""
+        with trio.move_on_after(deadline) as waiting:
+            if self._claim is None and self.run.position < self.run.end:
+                await self._begin(self.run.position)
+        if waiting.cancelled_caught:
+            run = self.run
+            raise Timeout(
+                f"{label}: bytes [{run.start}, {run.end}) could not be reserved within "
+                f"{deadline:g}s"
+            )
 
     def expect_claim(self) -> None:
         """Writes wait for `claim_beside` (started next, in a task of its own)."""
         self._first = trio.Event()
 
-    async def claim_beside(self, deadline: float) -> None:
+    async def claim_beside(self, deadline: float, label: str) -> None:
         """`begin`, while the request is on its way; its refusal or failure is raised by the
         first write (or by `execute`, if the request failed first)."""
         assert self._first is not None
         first = self._first
         try:
-            with trio.move_on_after(deadline) as waiting:
-                await self.begin()
-            if waiting.cancelled_caught:
-                raise _unreserved(self.run, deadline, "file")
+            await self.begin(deadline, label)
         except Exception as exc:  # StopRun, a WtfsError, a bug: the run's outcome, not a crash
             self._first_refused = exc
         finally:
@@ -258,10 +263,7 @@ async def execute(
             if run.claim_beside:
                 await _fetch_beside_claim(run, sink, provider, source, policy, on_retry)
             else:
-                with trio.move_on_after(policy.deadline) as waiting:
-                    await sink.begin()  # the index may be unreachable: bounded like the fetch
-                if waiting.cancelled_caught:
-                    raise _unreserved(run, policy.deadline, source.label or "file")
+                await sink.begin(policy.deadline, source.label or "file")
                 await fetch_with_retry(
                     provider, source, run.start, run.end, sink, policy, on_retry=on_retry
                 )
@@ -281,12 +283,6 @@ async def execute(
         run.finish(error)
 
 
-def _unreserved(run: Run, deadline: float, label: str) -> Timeout:
-    return Timeout(
-        f"{label}: bytes [{run.start}, {run.end}) could not be reserved within {deadline:g}s"
-    )
-
-
 async def _fetch_beside_claim(
     run: Run,
     sink: BlockSink,
@@ -300,7 +296,7 @@ async def _fetch_beside_claim(
     sink.expect_claim()
     failure: Exception | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(sink.claim_beside, policy.deadline)
+        nursery.start_soon(sink.claim_beside, policy.deadline, source.label or "file")
         try:
             await fetch_with_retry(
                 provider, source, run.start, run.end, sink, policy, on_retry=on_retry
