@@ -40,7 +40,8 @@ ROUTE = "wtfs"
 #: BULK_PAGE_SIZE) and takes a shorter one for the last: lowering it needs the client's lowered
 MAX_LIMIT = 5000
 #: what the wtfs client reads of an item (`wtfs.namespace.tree`: its name, times, `meta` for
-#: `phys_path` items) and of a file (its size, times and sha512 make its version)
+#: `phys_path` items) and of a file (its size, times and sha512 make its version; its
+#: mimeType too, which a mount does not read)
 ITEM_FIELDS = ("_id", "name", "folderId", "size", "created", "updated", "meta")
 FILE_FIELDS = ("_id", "itemId", "name", "size", "mimeType", "created", "updated", "sha512")
 

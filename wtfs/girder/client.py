@@ -87,7 +87,6 @@ class GirderClient:
             if raw_downloads and self.api_url.startswith("http://")
             else None
         )
-        self._raw_base = httpx.URL(self.api_url + "/")
         self._http = httpx.AsyncClient(
             base_url=self.api_url + "/",
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
@@ -225,7 +224,7 @@ class GirderClient:
         if self._raw is not None:
             # The URL by hand: httpx's build_request took 90 us, a fifth of what a random
             # read's first byte spends in the daemon before its request leaves.
-            base = self._raw_base
+            base = self._http.base_url
             url = base.copy_with(raw_path=base.raw_path + quote(path, safe="/").encode())
             started = False
             try:
