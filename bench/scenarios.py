@@ -26,6 +26,7 @@ from harness import (
     ROOT,
     WORK,
     Cleanup,
+    CpuMeter,
     GiB,
     Girders,
     Imported,
@@ -33,6 +34,7 @@ from harness import (
     Profiler,
     RcloneServer,
     RssSampler,
+    cpu_summary,
     curl,
     dd,
     drop_caches,
@@ -354,6 +356,7 @@ def cold(ctx: Context) -> list[Row]:
     url = _download_url(girder, f)
     results: dict[str, list[float]] = {k: [] for k in ("wtfs", "curl", "gcm", "rclone", "static")}
     requests: list[int] = []
+    meters: dict[str, list[CpuMeter]] = {"wtfs": [], "curl": [], "rclone": []}
     cleanup = Cleanup()
     try:
         server = RcloneServer(cleanup, [f.path])
@@ -367,7 +370,9 @@ def cold(ctx: Context) -> list[Row]:
                     dd(mount.mountpoint / f.name)
                 _stop(cleanup, mount)
                 break
-            nbytes, seconds = dd(mount.mountpoint / f.name)
+            with CpuMeter({"daemon": mount.pid, "Girder": girder.process.pid}) as meter:
+                nbytes, seconds = dd(mount.mountpoint / f.name)
+            meters["wtfs"].append(meter)
             results["wtfs"].append(mbps(nbytes, seconds))
             requests.append(int(girder.stats()["downloads"]))
             if r == 0:
@@ -380,7 +385,9 @@ def cold(ctx: Context) -> list[Row]:
                     ctx.note(f"cold: WRONG BYTES through wtfs: {check.stdout or check.stderr}")
             _stop(cleanup, mount)
 
-            nbytes, seconds = curl([url], headers)
+            with CpuMeter({"Girder": girder.process.pid}) as meter:
+                nbytes, seconds = curl([url], headers)
+            meters["curl"].append(meter)
             results["curl"].append(mbps(nbytes, seconds))
 
             gcm = start_gcm(cleanup, girder, "cold-gcm", f.gcm_path)
@@ -389,7 +396,10 @@ def cold(ctx: Context) -> list[Row]:
             _stop(cleanup, gcm)
 
             rc = start_rclone(cleanup, server, "cold-rclone", f.name)
-            nbytes, seconds = dd(rc.mountpoint / f.name)
+            pids = {"rclone mount": rc.process.pid, "its server": server.process.pid}
+            with CpuMeter(pids) as meter:
+                nbytes, seconds = dd(rc.mountpoint / f.name)
+            meters["rclone"].append(meter)
             results["rclone"].append(mbps(nbytes, seconds))
             _stop(cleanup, rc)
 
@@ -408,6 +418,11 @@ def cold(ctx: Context) -> list[Row]:
         f"cold: wtfs made {median(requests):.0f} download request(s) per 256 MiB read "
         f"(median); rclone reached {m['rclone'] / m['static']:.2f}× curl of its own static "
         f"server ({m['static']:.0f} MB/s)"
+    )
+    ctx.note(
+        "cold: CPU seconds per 256 MiB read and the share of the machine's "
+        f"{os.cpu_count()} cores in use while it ran (medians): "
+        + "; ".join(f"{tool}: {cpu_summary(ms)}" for tool, ms in meters.items() if ms)
     )
     return [
         _ratio_row(
@@ -1111,6 +1126,7 @@ def parallel_readers(ctx: Context) -> list[Row]:
     headers = ctx.girders.header_file("data")
     ordered = [files[f"p{i:02d}.bin"] for i in range(16)]
     ours, theirs, reqs = [], [], []
+    meters: dict[str, list[CpuMeter]] = {"wtfs": [], "8 curls": []}
     cleanup = Cleanup()
     try:
         for r in range(ctx.repeat + (1 if ctx.profiler.enabled else 0)):
@@ -1124,7 +1140,11 @@ def parallel_readers(ctx: Context) -> list[Row]:
             jobs: list[Callable[[], tuple[int, float]]] = [
                 (lambda p=a.mountpoint / f.name: dd(p)) for f in ordered[:8]
             ] + [(lambda p=b.mountpoint / f.name: dd(p)) for f in ordered[8:]]
-            with ctx.profiler.record("parallel", [a.pid, b.pid]) if profiling else _null():
+            pids = {"daemon A": a.pid, "daemon B": b.pid, "Girder": girder.process.pid}
+            with (
+                ctx.profiler.record("parallel", [a.pid, b.pid]) if profiling else _null(),
+                CpuMeter(pids) as meter,
+            ):
                 nbytes, seconds = parallel(jobs)
             if profiling:
                 _stop(cleanup, a)
@@ -1133,6 +1153,7 @@ def parallel_readers(ctx: Context) -> list[Row]:
             if nbytes != 16 * file_size:
                 raise RuntimeError(f"read {nbytes} bytes, expected {16 * file_size}")
             ours.append(mbps(nbytes, seconds))
+            meters["wtfs"].append(meter)
             reqs.append(int(girder.stats()["downloads"]))
             bad = a.log_lines(r"Traceback|ERROR") + b.log_lines(r"Traceback|ERROR")
             if bad:
@@ -1143,7 +1164,9 @@ def parallel_readers(ctx: Context) -> list[Row]:
             curl_jobs: list[Callable[[], tuple[int, float]]] = [
                 (lambda pair=(urls[i], urls[i + 8]): curl(list(pair), headers)) for i in range(8)
             ]
-            nbytes, seconds = parallel(curl_jobs)
+            with CpuMeter({"Girder": girder.process.pid}) as meter:
+                nbytes, seconds = parallel(curl_jobs)
+            meters["8 curls"].append(meter)
             theirs.append(mbps(nbytes, seconds))
             log(
                 f"parallel run {r + 1}: wtfs {ours[-1]:.0f} MB/s ({reqs[-1]} downloads), "
@@ -1154,7 +1177,9 @@ def parallel_readers(ctx: Context) -> list[Row]:
         shutil.rmtree(STORES / "par", ignore_errors=True)
     ctx.note(
         f"parallel: 16 files × {file_size // MiB} MiB; wtfs made {median(reqs):.0f} download "
-        f"requests per run (median)"
+        f"requests per run (median); CPU seconds per run (16 × {file_size // MiB} MiB) and the "
+        f"share of the machine's {os.cpu_count()} cores in use (medians): "
+        + "; ".join(f"{tool}: {cpu_summary(ms)}" for tool, ms in meters.items() if ms)
     )
     return [
         _ratio_row("7. 2 mounts × 8 readers, cold, aggregate", ours, "8 curls", theirs, 1.0),
