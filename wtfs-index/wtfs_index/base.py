@@ -118,6 +118,16 @@ class Dialect:
         """A FROM item: the list bound at this placeholder as rows `alias`(value, position)."""
         raise NotImplementedError
 
+    def next_id(self, table: str) -> str | None:
+        """SQL of the id the next row of `table` takes, drawn by a query already on its way,
+        so that an INSERT needing its id goes with the COMMIT instead of a round trip of its
+        own; inserted under it with `explicit_id`. None: an INSERT's answer costs nothing
+        (SQLite, in-process)."""
+        return None
+
+    #: what lets an INSERT name the id `next_id` drew
+    explicit_id = ""
+
 
 class Tx:
     """A transaction's cursor with the dialect applied: `?` and `{now}` in, rows by name out."""
@@ -710,12 +720,18 @@ class Index(ABC):
         if needed == 0:
             return Reservation(ranges=ranges, windowed=windowed)
         # One statement, one round trip: the store's usage, whether the span is being punched,
-        # and the claims overlapping it (a row each, or one row of NULLs).
+        # the claims overlapping it (a row each, or one row of NULLs) and, where an INSERT's
+        # answer is a round trip of its own (PostgreSQL), the id the claim will take: the claim
+        # then goes with the COMMIT, 3 round trips per block instead of 4. A claim not made
+        # leaves a gap in the ids, harmless.
+        next_id = tx.dialect.next_id("claims") or "NULL"
         rows = tx.all(
-            f"SELECT u.usage, u.punched, c.id, c.owner_id, c.bytes, o.owner_id AS known,"
-            f" o.boot_id, o.pidns, o.pid, o.pid_start, {tx.dialect.fresh('o.expires')} AS fresh"
+            f"SELECT u.usage, u.punched, u.next_id, c.id, c.owner_id, c.bytes,"
+            f" o.owner_id AS known, o.boot_id, o.pidns, o.pid, o.pid_start,"
+            f" {tx.dialect.fresh('o.expires')} AS fresh"
             f" FROM (SELECT {_USAGE} AS usage, CASE WHEN EXISTS (SELECT 1 FROM punching"
-            "  WHERE key = ? AND span_start < ? AND span_end > ?) THEN 1 ELSE 0 END AS punched) u"
+            "  WHERE key = ? AND span_start < ? AND span_end > ?) THEN 1 ELSE 0 END AS punched,"
+            f" {next_id} AS next_id) u"
             " LEFT JOIN claims c ON c.key = ? AND c.span_start < ? AND c.span_end > ?"
             " LEFT JOIN owners o ON o.owner_id = c.owner_id",
             (key, end, start, key, end, start),
@@ -733,10 +749,20 @@ class Index(ABC):
             return Reservation(ranges=ranges, busy=True, windowed=windowed)  # being punched
         if usage + needed > capacity:
             return Reservation(ranges=ranges, no_room=True, usage=usage, windowed=windowed)
-        claim_id = tx.insert(
-            "INSERT INTO claims (key, span_start, span_end, bytes, owner_id) VALUES (?,?,?,?,?)",
-            (key, start, end, needed, owner.owner_id),
-        )
+        values = (key, start, end, needed, owner.owner_id)
+        if rows[0]["next_id"] is None:
+            claim_id = tx.insert(
+                "INSERT INTO claims (key, span_start, span_end, bytes, owner_id)"
+                " VALUES (?,?,?,?,?)",
+                values,
+            )
+        else:
+            claim_id = int(rows[0]["next_id"])
+            tx.write(
+                "INSERT INTO claims (id, key, span_start, span_end, bytes, owner_id)"
+                f"{tx.dialect.explicit_id} VALUES (?,?,?,?,?,?)",
+                (claim_id, *values),
+            )
         return Reservation(claim_id, ranges, usage=usage + needed, windowed=windowed)
 
     def commit_range(

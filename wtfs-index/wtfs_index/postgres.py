@@ -74,6 +74,11 @@ class PostgresDialect(Dialect):
     def numbered_list(self, alias: str) -> str:
         return f"unnest(?::text[]) WITH ORDINALITY AS {alias}(value, position)"
 
+    def next_id(self, table: str) -> str | None:
+        return f"nextval(pg_get_serial_sequence('{table}', 'id'))"
+
+    explicit_id = " OVERRIDING SYSTEM VALUE"
+
 
 class Prepared:
     """The statements `PostgresTx` prepared on one connection (`PREPARE`, which lasts as long
