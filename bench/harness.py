@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import mmap
 import os
 import random
 import re
@@ -25,7 +26,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,26 @@ def spawn(cmd: Sequence[str], stderr_path: Path, **kwargs: Any) -> subprocess.Po
     """Popen with stdout discarded and stderr to a file (closed here; the child keeps its copy)."""
     with open(stderr_path, "wb") as err:
         return subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err, **kwargs)
+
+
+def page_touch_us(size: int = 256 * 1024**2) -> tuple[float, float]:
+    """µs per 4 KiB page to write fresh anonymous memory, and to write it again.
+
+    A process that stores bytes (wtfs's store, rclone's cache, the FUSE page cache) takes a
+    fresh page for every 4 KiB; curl into /dev/null takes none. On bare metal a fresh page
+    costs a fault and zeroing; a VM whose host backs guest memory lazily and
+    takes freed memory back (free page reporting) charges a host fault on top, which a
+    daemon's CPU figures then carry. Printed with the machine, so ratios can be read in the
+    light of it."""
+    page = 4096
+    with mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) as m:
+        times = []
+        for _ in range(2):
+            started = time.perf_counter()
+            for offset in range(0, size, page):
+                m[offset] = 1
+            times.append((time.perf_counter() - started) * 1e6 / (size // page))
+    return times[0], times[1]
 
 
 def rss_kib(pid: int) -> int | None:
@@ -705,6 +726,16 @@ class CpuMeter:
             before, after = self._start[name], _process_cpu(pid)
             if before is not None and after is not None:
                 self.seconds[name] = after - before
+
+
+def cpu_note(what: str, meters: Mapping[str, Sequence[CpuMeter]]) -> str:
+    """The CPU part of a scenario's note: each tool's `cpu_summary`, per `what` (a read, a
+    run), with the machine's core count that '% busy' is a share of."""
+    return (
+        f"CPU seconds per {what} and the share of the machine's {os.cpu_count()} cores in use "
+        "while it ran (medians): "
+        + "; ".join(f"{tool}: {cpu_summary(ms)}" for tool, ms in meters.items() if ms)
+    )
 
 
 def cpu_summary(meters: Sequence[CpuMeter]) -> str:

@@ -34,7 +34,7 @@ from harness import (
     Profiler,
     RcloneServer,
     RssSampler,
-    cpu_summary,
+    cpu_note,
     curl,
     dd,
     drop_caches,
@@ -419,11 +419,7 @@ def cold(ctx: Context) -> list[Row]:
         f"(median); rclone reached {m['rclone'] / m['static']:.2f}× curl of its own static "
         f"server ({m['static']:.0f} MB/s)"
     )
-    ctx.note(
-        "cold: CPU seconds per 256 MiB read and the share of the machine's "
-        f"{os.cpu_count()} cores in use while it ran (medians): "
-        + "; ".join(f"{tool}: {cpu_summary(ms)}" for tool, ms in meters.items() if ms)
-    )
+    ctx.note("cold: " + cpu_note("256 MiB read", meters))
     return [
         _ratio_row(
             "2a. cold seq read 256 MiB vs curl of Girder",
@@ -1177,9 +1173,7 @@ def parallel_readers(ctx: Context) -> list[Row]:
         shutil.rmtree(STORES / "par", ignore_errors=True)
     ctx.note(
         f"parallel: 16 files × {file_size // MiB} MiB; wtfs made {median(reqs):.0f} download "
-        f"requests per run (median); CPU seconds per run (16 × {file_size // MiB} MiB) and the "
-        f"share of the machine's {os.cpu_count()} cores in use (medians): "
-        + "; ".join(f"{tool}: {cpu_summary(ms)}" for tool, ms in meters.items() if ms)
+        f"requests per run (median); " + cpu_note(f"run (16 × {file_size // MiB} MiB)", meters)
     )
     return [
         _ratio_row("7. 2 mounts × 8 readers, cold, aggregate", ours, "8 curls", theirs, 1.0),
