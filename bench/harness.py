@@ -111,10 +111,9 @@ def page_touch_us(size: int = 256 * 1024**2) -> tuple[float, float]:
 
     A process that stores bytes (wtfs's store, rclone's cache, the FUSE page cache) takes a
     fresh page for every 4 KiB; curl into /dev/null takes none. On bare metal a fresh page
-    costs a fault and zeroing; a VM whose host backs guest memory lazily and
-    takes freed memory back (free page reporting) charges a host fault on top, which a
-    daemon's CPU figures then carry. Printed with the machine, so ratios can be read in the
-    light of it."""
+    costs a fault and zeroing; a VM whose host backs guest memory lazily and takes freed
+    memory back (free page reporting) charges a host fault on top, which a daemon's CPU
+    figures then carry. Printed with the machine, so ratios can be read in the light of it."""
     page = 4096
     with mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) as m:
         times = []

@@ -1173,7 +1173,7 @@ def parallel_readers(ctx: Context) -> list[Row]:
         shutil.rmtree(STORES / "par", ignore_errors=True)
     ctx.note(
         f"parallel: 16 files × {file_size // MiB} MiB; wtfs made {median(reqs):.0f} download "
-        f"requests per run (median); " + cpu_note(f"run (16 × {file_size // MiB} MiB)", meters)
+        "requests per run (median); " + cpu_note(f"run (16 × {file_size // MiB} MiB)", meters)
     )
     return [
         _ratio_row("7. 2 mounts × 8 readers, cold, aggregate", ours, "8 curls", theirs, 1.0),
