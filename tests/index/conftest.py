@@ -173,6 +173,11 @@ def _execute(index: Index, sql: str, params: tuple[Any, ...] = ()) -> list[tuple
         return list(cursor.fetchall()) if cursor.description else []
 
 
+def raw(index: Index, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """One statement on the backend's own connection: how the index stores what it stores."""
+    return _execute(index, sql, params)
+
+
 def backdate(index: Index, table: str, column: str, seconds: float, **where: Any) -> None:
     """Move `column` of the rows of `table` matching `where` `seconds` into the past: a lease
     that ran out, a transfer created days ago. Time only passes, the interface cannot move it."""

@@ -8,7 +8,7 @@ import time
 import pytest
 from wtfs_index import Index, Owner, Ranges
 
-from tests.index.conftest import claim, filled, new_entry
+from tests.index.conftest import claim, filled, new_entry, raw
 
 
 def order_by_atime(index: Index, me: Owner, keys: list[str]) -> None:
@@ -112,3 +112,44 @@ def test_a_large_eviction_is_complete_exact_and_in_lru_order(index: Index, me: O
     assert batch.id == evicted.unlink_id and batch.punches == []
     assert batch.files == [e.file_name for e in evicted]
     assert index.summary().unlinking == 10 * (n - 200)
+
+
+HOSTILE = ['quo"te', "com,ma", "br]ack[et", "new\nline", "tab\there", "back\\slash", "émoji 🎉"]
+
+
+def test_a_pass_is_recorded_as_one_batch_read_back_newest_first(index: Index, me: Owner) -> None:
+    names = [f"{n}-{h}" for n, h in enumerate(HOSTILE)]
+    k = fill_all(index, me, names)
+    order_by_atime(index, me, k)
+    evicted = index.evict_lru(0, me.owner_id, "gc")
+    assert [e.key for e in evicted] == k
+    # one row for the pass, however many entries it took
+    assert raw(index, "SELECT entries, bytes, reason FROM eviction_batches") == [
+        (len(k), 100 * len(k), "gc")
+    ]
+    rows = index.evictions(100)
+    assert [(r.key, r.path, r.item_id, r.bytes) for r in rows] == [
+        (key, f"/{name}", f"item-{name}", 100)
+        for key, name in reversed(list(zip(k, names, strict=True)))
+    ]
+    assert [r.key for r in index.evictions(2)] == [k[-1], k[-2]]  # the newest, decoded alone
+    assert index.eviction_count() == len(k)
+
+
+def test_evictions_read_batches_and_an_older_wtfs_rows_by_time(index: Index, me: Owner) -> None:
+    a, b = fill_all(index, me, ["a", "b"])
+    order_by_atime(index, me, [a, b])
+    index.evict_lru(100, me.owner_id, "gc")  # a, in a batch
+    raw(index, "UPDATE eviction_batches SET time = time - 10")
+    # a row as a wtfs before batches writes one, made between the two passes
+    raw(index, "INSERT INTO evictions (key, item_id, path, bytes, time, reason, by_owner)"
+               " VALUES ('old', 'item-old', '/old', 7, ?, 'gc', 'older-wtfs')",
+        (time.time() - 5,))  # fmt: skip
+    index.evict_lru(0, me.owner_id, "gc")  # b
+    assert [(r.key, r.by_owner) for r in index.evictions(10)] == [
+        (b, me.owner_id),
+        ("old", "older-wtfs"),
+        (a, me.owner_id),
+    ]
+    assert [r.key for r in index.evictions(2)] == [b, "old"]
+    assert index.eviction_count() == 3

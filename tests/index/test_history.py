@@ -7,7 +7,7 @@ import time
 
 from wtfs_index import Index, Owner, TransferStatus
 
-from tests.index.conftest import backdate, new_transfer
+from tests.index.conftest import backdate, filled, new_transfer
 
 
 def ended(index: Index, owner: Owner, status: TransferStatus, **kwargs: str) -> int:
@@ -114,3 +114,35 @@ def test_failures_are_recorded_newest_first(index: Index, me: Owner) -> None:
         ("fetch", "k", "HTTP 500 from server", me.owner_id),
     ]
     assert len(index.failures(1)) == 1
+
+
+def evict_passes(index: Index, me: Owner, sizes: list[int]) -> list[list[str]]:
+    """One GC pass per size, each evicting that many entries; their keys, oldest pass first."""
+    passes = []
+    for p, size in enumerate(sizes):
+        keys = [filled(index, f"p{p}-{n}", 10, me).key for n in range(size)]
+        assert [e.key for e in index.evict_lru(0, me.owner_id, "gc")] == keys
+        passes.append(keys)
+    return passes
+
+
+def test_prune_history_keeps_eviction_batches_whole_the_newest_holding_max_count(
+    index: Index, me: Owner
+) -> None:
+    _, second, third = evict_passes(index, me, [3, 4, 2])
+    removed = index.prune_history(max_count=5, max_age_days=30)
+    # the newest batches that hold 5 records: the third (2) and the second (4), whole
+    assert removed == 3
+    assert {r.key for r in index.evictions(100)} == {*second, *third}
+    assert index.eviction_count() == 6
+    index.prune_history(max_count=2, max_age_days=30)
+    assert {r.key for r in index.evictions(100)} == set(third)
+
+
+def test_prune_history_drops_eviction_batches_older_than_the_age_limit(
+    index: Index, me: Owner
+) -> None:
+    _, new = evict_passes(index, me, [2, 1])
+    backdate(index, "eviction_batches", "time", 3 * 86400, entries=2)
+    assert index.prune_history(max_count=100, max_age_days=1) == 2
+    assert [r.key for r in index.evictions(100)] == new

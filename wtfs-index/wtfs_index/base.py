@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from itertools import accumulate
 from typing import Any, Protocol, TypeVar
 
 from wtfs_index.errors import IndexBusy
@@ -114,10 +116,6 @@ class Dialect:
     def list_param(self, values: Sequence[Any]) -> Any:
         raise NotImplementedError
 
-    def numbered_list(self, alias: str) -> str:
-        """A FROM item: the list bound at this placeholder as rows `alias`(value, position)."""
-        raise NotImplementedError
-
     def next_id(self, table: str) -> str | None:
         """SQL of the id the next row of `table` takes, drawn by a query already on its way,
         so that an INSERT needing its id goes with the COMMIT instead of a round trip of its
@@ -182,13 +180,17 @@ class Tx:
         self._run(self._cursor, sql, params)
         return list(self._cursor.fetchall())
 
-    def iterate(self, sql: str, params: Sequence[Any] = (), batch: int = 4096) -> Iterator[Any]:
-        """Rows as plain tuples, fetched `batch` at a time: a caller may stop early."""
+    def chunks(
+        self, sql: str, params: Sequence[Any] = (), batch: int = 4096
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """Rows as plain tuples, fetched and handed over `batch` at a time: a caller may stop
+        early, and works on a list at a time (a pass's tens of thousands of rows, each through
+        a generator and a loop body of its own, cost ~0.1 s of Python)."""
         cursor = self._new_cursor()
         try:
             self._run(cursor, sql, params)
             while rows := cursor.fetchmany(batch):
-                yield from rows
+                yield rows
         finally:
             cursor.close()
 
@@ -267,17 +269,11 @@ class Index(ABC):
     def describe(self) -> str:
         """Where the index lives, for messages (a path, or a URL without its password)."""
 
-    def _evict_keys(self, tx: Tx, keys: list[str], now: float, reason: str, by: str) -> None:
-        """Record and delete the chosen entries, recorded in the order given (least recently
-        used first). Backends may do it faster their own way."""
-        param = tx.dialect.list_param(keys)
-        tx.execute(
-            "INSERT INTO evictions (key, item_id, path, bytes, time, reason, by_owner)"
-            " SELECT e.key, e.item_id, e.path, e.present, ?, ?, ?"
-            f" FROM {tx.dialect.numbered_list('chosen')} JOIN entries e ON e.key = chosen.value"
-            " ORDER BY chosen.position",
-            (now, reason, by, param),
-        )
+    def _evict(self, tx: Tx, evicted: Sequence[Evicted], reason: str, by: str) -> None:
+        """Record the chosen entries, given least recently used first, as one batch, and
+        delete them."""
+        record_evictions(tx, [(e.key, e.item_id, e.path, e.bytes) for e in evicted], reason, by)
+        param = tx.dialect.list_param([e.key for e in evicted])
         tx.execute(f"DELETE FROM entries WHERE {tx.dialect.in_list('key')}", (param,))
 
     # -- owners ------------------------------------------------------------------------------
@@ -652,7 +648,7 @@ class Index(ABC):
             Evicted(r["key"], r["item_id"], r["file_name"], r["present"], r["path"]) for r in rows
         )
         if evicted:
-            self._evict_keys(tx, [e.key for e in evicted], time.time(), "replaced", by_owner)
+            self._evict(tx, evicted, "replaced", by_owner)
             evicted.unlink_id = self._batch(tx, LEFT if left else by_owner, evicted)
         return evicted
 
@@ -930,7 +926,7 @@ class Index(ABC):
             evicted = Eviction(
                 [Evicted(row["key"], row["item_id"], row["file_name"], row["present"], row["path"])]
             )
-            self._evict_keys(tx, [key], time.time(), reason, by_owner)
+            self._evict(tx, evicted, reason, by_owner)
             tx.execute("DELETE FROM claims WHERE key = ?", (key,))
             evicted.unlink_id = self._batch(tx, by_owner, evicted)
             return evicted
@@ -958,7 +954,7 @@ class Index(ABC):
             evicted = self._choose_lru(tx, excess)
             if not evicted:
                 return evicted
-            self._evict_keys(tx, [e.key for e in evicted], time.time(), reason, by_owner)
+            self._evict(tx, evicted, reason, by_owner)
             evicted.unlink_id = self._batch(tx, by_owner, evicted)
             return evicted
 
@@ -970,18 +966,24 @@ class Index(ABC):
         """
         chosen = Eviction()
         freed = 0
-        for row in tx.iterate(
-            "SELECT key, item_id, file_name, present, path FROM entries"
+        for rows in tx.chunks(
+            "SELECT key, item_id, file_name, present, path FROM entries"  # Evicted's fields
             " WHERE present > 0"
             " AND key NOT IN (SELECT entry_key FROM locks WHERE entry_key IS NOT NULL)"
             " AND item_id NOT IN (SELECT item_id FROM locks WHERE entry_key IS NULL)"
             " AND key NOT IN (SELECT key FROM claims)"
             " ORDER BY atime, key"
         ):
-            chosen.append(Evicted(row[0], row[1], row[2], int(row[3]), row[4]))
-            freed += int(row[3])
-            if freed >= excess:
-                break
+            sizes = [row[3] for row in rows]
+            if freed + sum(sizes) < excess:
+                chosen.extend(map(Evicted._make, rows))
+                freed += sum(sizes)
+                continue
+            # the last chunk: its first n rows, the fewest that reach `excess`
+            totals = accumulate(sizes, initial=freed)
+            n = next(n for n, total in enumerate(totals) if total >= excess)
+            chosen.extend(map(Evicted._make, rows[:n]))
+            break
         return chosen
 
     def window(self, needed: int, owner_id: str, *, align: int) -> WindowResult:
@@ -1388,24 +1390,35 @@ class Index(ABC):
             )
 
     def evictions(self, limit: int) -> list[EvictionRow]:
+        """The newest `limit` eviction records, newest first: the batches' and any per-entry
+        rows of an older wtfs (`wtfs_index.schema`)."""
+        rows: list[EvictionRow] = []
         with self._read() as tx:
-            rows = tx.all("SELECT * FROM evictions ORDER BY id DESC LIMIT ?", (limit,))
-        return [
-            EvictionRow(
-                r["key"],
-                r["item_id"],
-                r["path"],
-                int(r["bytes"]),
-                float(r["time"]),
-                r["reason"],
-                r["by_owner"],
-            )
-            for r in rows
-        ]
+            for r in tx.all("SELECT * FROM evictions ORDER BY id DESC LIMIT ?", (limit,)):
+                rows.append(EvictionRow(r["key"], r["item_id"], r["path"], int(r["bytes"]),
+                                        float(r["time"]), r["reason"], r["by_owner"]))  # fmt: skip
+            oldest = _oldest_of_newest(tx, limit)
+            left = limit
+            for b in tx.all(
+                "SELECT time, reason, by_owner, evicted FROM eviction_batches WHERE id >= ?"
+                " ORDER BY id DESC",
+                (oldest,),
+            ):
+                records = list(eviction_records(b["evicted"], left))
+                rows += (EvictionRow(*r, float(b["time"]), b["reason"], b["by_owner"])
+                         for r in records)  # fmt: skip
+                left -= len(records)
+        rows.sort(key=lambda r: r.time, reverse=True)  # stable: a batch keeps its order
+        return rows[:limit]
 
     def eviction_count(self) -> int:
         with self._read() as tx:
-            return int(tx.scalar("SELECT COUNT(*) FROM evictions"))
+            return int(
+                tx.scalar(
+                    "SELECT (SELECT COUNT(*) FROM evictions)"
+                    " + (SELECT COALESCE(SUM(entries), 0) FROM eviction_batches) AS n"
+                )
+            )
 
     def failures(self, limit: int) -> list[FailureRow]:
         with self._read() as tx:
@@ -1443,6 +1456,7 @@ class Index(ABC):
                     removed += tx.execute(
                         f"DELETE FROM {table} WHERE id <= ?{active}", (newest_kept, *extra)
                     )
+            removed += _prune_batches(tx, cutoff, max_count)
         return removed
 
     # -- meta --------------------------------------------------------------------------------
@@ -1523,12 +1537,63 @@ def _shrink(tx: Tx, key: str, row: Row, ranges: Ranges, reason: str, by_owner: s
         "UPDATE entries SET ranges = ?, present = ?, complete = 0, gen = gen + 1 WHERE key = ?",
         (ranges.to_json(), ranges.total, key),
     )
-    tx.execute(
-        "INSERT INTO evictions (key, item_id, path, bytes, time, reason, by_owner)"
-        " VALUES (?,?,?,?,?,?,?)",
-        (key, row["item_id"], row["path"], int(row["present"]) - ranges.total, time.time(),
-         reason, by_owner),
+    dropped = int(row["present"]) - ranges.total
+    record_evictions(tx, [(key, row["item_id"], row["path"], dropped)], reason, by_owner)
+
+
+def record_evictions(
+    tx: Tx, records: Sequence[tuple[str, str, str, int]], reason: str, by_owner: str
+) -> None:
+    """One `eviction_batches` row for `records` ((key, item_id, path, bytes), least recently
+    used first), stored the other way round, so that `eviction_records` reads the newest
+    without decoding the rest."""
+    tx.write(
+        "INSERT INTO eviction_batches (time, reason, by_owner, entries, bytes, evicted)"
+        " VALUES (?,?,?,?,?,?)",
+        (time.time(), reason, by_owner, len(records), sum(r[3] for r in records),
+         json.dumps(records[::-1], separators=(",", ":"))),
     )  # fmt: skip
+
+
+def _oldest_of_newest(tx: Tx, count: int, since: float = 0.0) -> int:
+    """The id of the oldest of the newest eviction batches (made at `since` or later) that hold
+    `count` records between them; 0 when all of them hold fewer."""
+    oldest = tx.scalar(
+        "SELECT id FROM (SELECT id, SUM(entries) OVER (ORDER BY id DESC) AS seen"
+        " FROM eviction_batches WHERE time >= ?) newest WHERE seen >= ? ORDER BY id DESC LIMIT 1",
+        (since, count),
+    )
+    return 0 if oldest is None else int(oldest)
+
+
+def _prune_batches(tx: Tx, cutoff: float, max_count: int) -> int:
+    """Drop eviction batches older than `cutoff`, and those older than the newest that hold
+    `max_count` records (a batch is kept or dropped whole); the records they held."""
+    oldest_kept = _oldest_of_newest(tx, max_count, cutoff)
+    where, params = "(time < ? OR id < ?)", (cutoff, oldest_kept)
+    removed = int(
+        tx.scalar(
+            f"SELECT COALESCE(SUM(entries), 0) AS n FROM eviction_batches WHERE {where}", params
+        )
+    )
+    tx.execute(f"DELETE FROM eviction_batches WHERE {where}", params)
+    return removed
+
+
+_BETWEEN = re.compile(r"[\s,]*")
+
+
+def eviction_records(text: str, limit: int) -> Iterator[tuple[str, str, str, int]]:
+    """The first `limit` records of a batch's `evicted`, decoded one by one: a pass's batch
+    holds tens of thousands (megabytes of JSON), and `wtfs status` shows a few."""
+    decoder = json.JSONDecoder()
+    at = text.index("[") + 1
+    for _ in range(limit):
+        at = _BETWEEN.match(text, at).end()  # type: ignore[union-attr]  # it matches ""
+        if text.startswith("]", at):
+            return
+        (key, item_id, path, size), at = decoder.raw_decode(text, at)
+        yield str(key), str(item_id), str(path), int(size)
 
 
 def _ranges(row: Row) -> Ranges:

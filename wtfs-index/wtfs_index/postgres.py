@@ -41,6 +41,8 @@ _BEGIN_WRITE = (
     f"SELECT pg_advisory_xact_lock({WRITE_LOCK})",
 )
 _BEGIN_READ = ("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",)
+#: names of server-side cursors (`PostgresTx.chunks`), unique within a connection
+_cursors = itertools.count()
 
 
 class PostgresDialect(Dialect):
@@ -70,9 +72,6 @@ class PostgresDialect(Dialect):
 
     def list_param(self, values: Sequence[Any]) -> Any:
         return list(values)
-
-    def numbered_list(self, alias: str) -> str:
-        return f"unnest(?::text[]) WITH ORDINALITY AS {alias}(value, position)"
 
     def next_id(self, table: str) -> str | None:
         return f"nextval(pg_get_serial_sequence('{table}', 'id'))"
@@ -125,6 +124,7 @@ class PostgresTx(Tx):
     def __init__(self, conn: psycopg.Connection[Any], dialect: Dialect, cache: dict[str, str],
                  prepared: Prepared, begin: tuple[str, ...]) -> None:  # fmt: skip
         super().__init__(conn.cursor(), dialect, cache, lambda: conn.cursor(row_factory=tuple_row))
+        self._conn = conn
         self._binder = psycopg.ClientCursor(conn)
         self._prepared = prepared
         self._pending = list(begin)  # statements, one each
@@ -145,6 +145,19 @@ class PostgresTx(Tx):
 
     def write(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._pending += self._bound(sql, params)
+
+    def chunks(
+        self, sql: str, params: Sequence[Any] = (), batch: int = 4096
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """On a server-side cursor, `batch` rows a round trip: a client-side one receives the
+        whole result at once, so a GC pass that stops at 47,000 of 100,000 entries had the
+        server find, send and the client take all of them (its walk: 90-155 ms, against
+        55-90 ms here)."""
+        self.flush()  # the cursor's DECLARE goes alone: BEGIN and the write lock first
+        with self._conn.cursor(name=f"wtfs_chunks_{next(_cursors)}", row_factory=tuple_row) as c:
+            c.execute(self._sql(sql), tuple(params))
+            while rows := c.fetchmany(batch):
+                yield rows
 
     def _run(self, cursor: Any, sql: str, params: Sequence[Any]) -> None:
         if not self._pending:

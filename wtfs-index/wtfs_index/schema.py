@@ -100,6 +100,8 @@ CREATE TABLE IF NOT EXISTS transfers (
     retry_requested {small} NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS transfers_status ON transfers(status);
+-- Per-entry records of a wtfs before `eviction_batches` (or of one still running on a shared
+-- store): read and pruned with the batches.
 CREATE TABLE IF NOT EXISTS evictions (
     id {id},
     key TEXT NOT NULL,
@@ -109,6 +111,19 @@ CREATE TABLE IF NOT EXISTS evictions (
     time {real} NOT NULL,
     reason TEXT NOT NULL,
     by_owner TEXT NOT NULL
+);
+-- What one GC pass, window or deletion evicted, one row however many entries it took: their
+-- records, most recently used first, in `evicted` (JSON [[key, item_id, path, bytes], ...]).
+-- A row per entry made a pass over 47,000 entries spend 0.2 s of its 0.5 s inserting rows on
+-- PostgreSQL (`wtfs_index.base.eviction_records` reads it).
+CREATE TABLE IF NOT EXISTS eviction_batches (
+    id {id},
+    time {real} NOT NULL,
+    reason TEXT NOT NULL,
+    by_owner TEXT NOT NULL,
+    entries {big} NOT NULL,
+    bytes {big} NOT NULL,
+    evicted TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS unlinking (
     id {id},

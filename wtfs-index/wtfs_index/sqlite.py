@@ -73,9 +73,6 @@ class SqliteDialect(Dialect):
     def list_param(self, values: Sequence[Any]) -> Any:
         return json.dumps(list(values))
 
-    def numbered_list(self, alias: str) -> str:
-        return f"(SELECT value, key AS position FROM json_each(?)) {alias}"
-
 
 def filesystem_type(path: Path) -> int | None:
     """statfs(2)'s f_type of the filesystem holding `path` (None when it cannot be read)."""
