@@ -162,7 +162,7 @@ def new_transfer(index: Index, owner: Owner, *, key: str = "k", session_id: str 
 # -- raw statements: states the interface cannot reach ----------------------------------------
 
 
-def _execute(index: Index, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def raw(index: Index, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """One statement on the backend's own connection (SQL with `?` placeholders)."""
     if isinstance(index, SqliteIndex):
         with index._lock:
@@ -173,16 +173,11 @@ def _execute(index: Index, sql: str, params: tuple[Any, ...] = ()) -> list[tuple
         return list(cursor.fetchall()) if cursor.description else []
 
 
-def raw(index: Index, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """One statement on the backend's own connection: how the index stores what it stores."""
-    return _execute(index, sql, params)
-
-
 def backdate(index: Index, table: str, column: str, seconds: float, **where: Any) -> None:
     """Move `column` of the rows of `table` matching `where` `seconds` into the past: a lease
     that ran out, a transfer created days ago. Time only passes, the interface cannot move it."""
     condition = " AND ".join(f"{name} = ?" for name in where) or "1=1"
-    _execute(
+    raw(
         index,
         f"UPDATE {table} SET {column} = {column} - ? WHERE {condition}",
         (seconds, *where.values()),
@@ -191,7 +186,7 @@ def backdate(index: Index, table: str, column: str, seconds: float, **where: Any
 
 def server_uptime(index: Index) -> float:
     """Seconds since the PostgreSQL server started, by its own clock (its leases' clock)."""
-    [(uptime,)] = _execute(
+    [(uptime,)] = raw(
         index, "SELECT EXTRACT(EPOCH FROM clock_timestamp() - pg_postmaster_start_time())"
     )
     return float(uptime)
@@ -208,12 +203,12 @@ def past_server_grace(index: Index) -> None:
 
 def write_schema_version(index: Index, version: int) -> None:
     """Mark the index as made by another version of wtfs (a newer one, say)."""
-    _execute(index, "UPDATE meta SET v = ? WHERE k = 'schema_version'", (str(version),))
+    raw(index, "UPDATE meta SET v = ? WHERE k = 'schema_version'", (str(version),))
 
 
 def sqlite_pragma(index: Index, name: str) -> Any:
     """A PRAGMA's value on the SQLite index's own connection."""
-    [(value,)] = _execute(index, f"PRAGMA {name}")
+    [(value,)] = raw(index, f"PRAGMA {name}")
     return value
 
 
@@ -329,8 +324,8 @@ def schema_1_index(
 def present_sums(index: Index) -> tuple[int, int]:
     """(the store's present bytes as `present_total` keeps them, the entries' own sum): the
     sum is what the kept row spares every reservation, so only a test asks for it."""
-    [(kept,)] = _execute(index, "SELECT bytes FROM present_total")
-    [(summed,)] = _execute(index, "SELECT COALESCE(SUM(present), 0) FROM entries")
+    [(kept,)] = raw(index, "SELECT bytes FROM present_total")
+    [(summed,)] = raw(index, "SELECT COALESCE(SUM(present), 0) FROM entries")
     return int(kept), int(summed)
 
 
@@ -338,5 +333,5 @@ def forget_present_total(index: Index) -> None:
     """Drop `present_total` and its triggers: an index as a wtfs from before them left it."""
     on = " ON entries" if isinstance(index, PostgresIndex) else ""
     for trigger in ("present_insert", "present_update", "present_delete"):
-        _execute(index, f"DROP TRIGGER {trigger}{on}")
-    _execute(index, "DROP TABLE present_total")
+        raw(index, f"DROP TRIGGER {trigger}{on}")
+    raw(index, "DROP TABLE present_total")

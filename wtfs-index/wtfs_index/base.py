@@ -186,6 +186,7 @@ class Tx:
         """Rows as plain tuples, fetched and handed over `batch` at a time: a caller may stop
         early, and works on a list at a time (a pass's tens of thousands of rows, each through
         a generator and a loop body of its own, cost ~0.1 s of Python)."""
+        self.flush()  # deferred writes first: the cursor may be one of its own (PostgreSQL's)
         cursor = self._new_cursor()
         try:
             self._run(cursor, sql, params)
@@ -975,9 +976,9 @@ class Index(ABC):
             " ORDER BY atime, key"
         ):
             sizes = [row[3] for row in rows]
-            if freed + sum(sizes) < excess:
+            if freed + (chunk := sum(sizes)) < excess:
                 chosen.extend(map(Evicted._make, rows))
-                freed += sum(sizes)
+                freed += chunk
                 continue
             # the last chunk: its first n rows, the fewest that reach `excess`
             totals = accumulate(sizes, initial=freed)
