@@ -75,10 +75,44 @@ async def test_a_random_read_sends_its_request_while_its_first_piece_is_claimed(
         handle = await manager.open(ref("r", len(blob)))
         offset = 2 * MiB + 12345
         got = bytes(await manager.read(handle, offset, 4096))
+        runs = list(handle.entry.runs)
         await manager.release(handle)
+        for run in runs:
+            await run.wait()  # the reader had its bytes before the rest of the span was written
         assert index.sync.claims() == []
     assert got == blob[offset : offset + 4096]
     assert requests_at_reserve == [1]
+
+
+async def test_a_reader_gets_its_bytes_before_the_rest_of_their_chunk_is_written(
+    tmp_path: Path,
+) -> None:
+    # The memory provider sends a random read's 256 KiB span as one chunk: the 4 KiB the
+    # reader waits for are written (and it is woken) first, the rest after (wtfs.cache.runs).
+    blob = _blob("w", 4 * MiB)
+    async with make_manager(tmp_path, capacity=64 * MiB, block_size=MiB) as manager:
+        store = manager.store
+        writes: list[tuple[int, int]] = []
+        real_write = store.write_all
+
+        def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+            writes.append((offset, len(data)))
+            real_write(fd, data, offset)
+
+        store.write_all = write_all  # type: ignore[method-assign]
+        handle = await manager.open(ref("w", len(blob)))
+        offset = 2 * MiB + 12345
+        got = bytes(await manager.read(handle, offset, 4096))
+        runs = list(handle.entry.runs)
+        await manager.release(handle)
+        for run in runs:
+            await run.wait()  # the rest of the span, written after the reader had its bytes
+    assert got == blob[offset : offset + 4096]
+    start = offset - offset % 4096
+    assert writes[:2] == [
+        (start, offset + 4096 - start),
+        (offset + 4096, start + 256 * 1024 - offset - 4096),
+    ]
 
 
 async def test_a_random_read_of_a_block_another_process_fetches_writes_nothing_into_it(

@@ -1061,7 +1061,7 @@ class _Record:
         held back both, 0.1-0.2 ms of a 4 ms random read (bench `random`, traced)."""
         try:
             with trio.move_on_after(RECORD_DELAY):
-                await self._run.wait_for(self._run.start + 1)
+                await self._run.wait_started()
                 await trio.lowlevel.checkpoint()
             self._transfer = self._target.transfer = await self._begin()
         except WtfsError as exc:

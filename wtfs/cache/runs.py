@@ -10,7 +10,9 @@ takes the long way (`reserve`) only when that claim was refused.
 
 Readers wait on a run's *progress*, not on whole blocks: `position` is the first byte the run
 has not written yet, and a reader waiting for [a, b) inside the run wakes as soon as
-`position >= b` (its bytes are in the store file, under our claim, even before the commit).
+`position >= b` (its bytes are in the store file, under our claim, even before the commit). A
+chunk of the answer holding more than a waiting reader needs is written in two: the reader's
+bytes, then (once it had its turn) the rest.
 
 The first piece is reserved before the request is sent: a reader waiting for a block another
 process is fetching polls the index for it, and never downloads bytes it would throw away. A
@@ -87,6 +89,8 @@ class Run:
         self.attempts = 1
         self.cancel_scope = trio.CancelScope()
         self._done = trio.Event()
+        self._started = trio.Event()
+        #: readers waiting for bytes: (the end they wait for, their event)
         self._waiters: list[tuple[int, trio.Event]] = []
 
     def __repr__(self) -> str:
@@ -112,8 +116,22 @@ class Run:
         self._waiters.append((end, event))
         await event.wait()
 
+    async def wait_started(self) -> None:
+        """Until the run has written its first bytes, or ended. For who waits to follow the
+        readers, not as one: no write is cut short for it (`wanted_before`)."""
+        await self._started.wait()
+
+    def wanted_before(self, limit: int) -> int | None:
+        """The nearest end a reader waits for, past `position` and short of `limit` (None: no
+        reader waits for bytes short of `limit`)."""
+        if not self._waiters:
+            return None
+        ends = [end for end, _ in self._waiters if self.position < end < limit]
+        return min(ends) if ends else None
+
     def advance(self, position: int) -> None:
         self.position = position
+        self._started.set()
         if self._waiters:
             ready = [w for w in self._waiters if w[0] <= position]
             if ready:
@@ -128,6 +146,7 @@ class Run:
         for _, event in self._waiters:
             event.set()
         self._waiters.clear()
+        self._started.set()
         self._done.set()
 
     async def wait(self) -> None:
@@ -160,11 +179,21 @@ class BlockSink:
             if self._claim is None:
                 await self._begin(offset)
             take = min(len(view), self._piece_end - offset)
+            # A reader waiting for bytes short of this chunk's end gets them first: writing a
+            # random read's whole chunk (~200 KiB, into fresh pages) before waking its reader,
+            # who needs 4-8 KiB of it, cost its first byte 0.2-0.6 ms (traced).
+            wanted = self.run.wanted_before(offset + take)
+            if wanted is not None:
+                take = wanted - offset
             await self.target.write(offset, view[:take])
             offset += take
             view = view[take:]
             self.run.transferred += take
             self.run.advance(offset)
+            if wanted is not None:
+                # The reader's turn, then the rest of the chunk: not a point to stop at, or a
+                # reader's close (which stops its runs) would drop bytes received already.
+                await trio.lowlevel.cancel_shielded_checkpoint()
             if offset == self._piece_end:
                 await self._finish_piece(offset)
 
