@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from wtfs_index import Index, Owner, Ranges
+from wtfs_index.base import _look
 
 from tests.index.conftest import (
     OpenIndex,
@@ -239,6 +240,28 @@ def test_commit_and_reserve_commits_one_span_and_claims_the_next(index: Index, m
     assert claim_rows(index) == [] and index.usage() == 1000
 
 
+def test_commit_and_reserve_counts_usage_right_when_its_own_claim_is_gone(
+    index: Index, me: Owner
+) -> None:
+    # The usage the next claim is judged by is read before the commit's writes and worked out
+    # from what they do: a claim another process already deleted (it judged us dead) frees
+    # no bytes, and the span's bytes count once, as present.
+    k = new_entry(index, "k", 1000).key
+    fetched(index, k, 800, 1000, me)
+    first = claim(index, k, 0, 400, me, 1000)
+    index.release_claim(first)
+    ranges, following = index.commit_and_reserve(
+        first, k, 0, 400, None, next_end=800, owner=me, capacity=1000
+    )
+    assert ranges == Ranges([(0, 400), (800, 1000)])
+    assert following.claim_id is not None and following.usage == 1000 == index.usage()
+    refused_ranges, refused = index.commit_and_reserve(
+        following.claim_id, k, 400, 800, None, next_end=1000, owner=me, capacity=999
+    )
+    assert refused_ranges == Ranges([(0, 1000)]) and refused.claim_id is None
+    assert claim_rows(index) == [] and index.usage() == 1000
+
+
 def test_commit_and_reserve_commits_even_when_the_next_span_is_refused(
     index: Index, me: Owner, other_live_owner: Owner
 ) -> None:
@@ -310,7 +333,7 @@ def test_a_write_that_fails_part_way_leaves_nothing_and_the_next_call_works(
     try:
         with index._write() as tx:
             tx.execute("DELETE FROM claims")
-            index._reserve(tx, k, Ranges(), False, 0, 100, me, 1000)
+            index._reserve(tx, _look(tx, k, 0, 100), k, Ranges(), False, 0, 100, me, 1000, 0)
             raise RuntimeError("our own bug, mid-transaction")
     except RuntimeError:
         pass

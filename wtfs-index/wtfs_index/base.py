@@ -226,6 +226,29 @@ _USAGE = (
 _ENTRY_RANGES = "SELECT ranges, gen, file_name, windowed FROM entries WHERE key = ?"
 
 
+def _look(tx: Tx, key: str, start: int, end: int, *, own: int | None = None) -> list[Row]:
+    """What a claim of [start, end) of `key` depends on, in one statement (one round trip):
+    the entry (`_ENTRY_RANGES` and its present bytes; NULLs if there is none), the store's
+    usage, whether the span is being punched, the claims overlapping it (a row each, or one row
+    of NULLs), `own`'s bytes (a claim the caller is about to delete) and, where an INSERT's
+    answer is a round trip of its own (PostgreSQL), the id the claim will take: the claim then
+    goes with the COMMIT. A claim not made leaves a gap in the ids, harmless."""
+    next_id = tx.dialect.next_id("claims") or "NULL"
+    return tx.all(
+        "SELECT e.ranges, e.gen, e.file_name, e.windowed, e.present, u.usage, u.punched,"
+        " u.next_id, u.own_bytes, c.id, c.owner_id, c.bytes, o.owner_id AS known, o.boot_id,"
+        " o.pidns,"
+        f" o.pid, o.pid_start, {tx.dialect.fresh('o.expires')} AS fresh"
+        f" FROM (SELECT {_USAGE} AS usage, CASE WHEN EXISTS (SELECT 1 FROM punching"
+        "  WHERE key = ? AND span_start < ? AND span_end > ?) THEN 1 ELSE 0 END AS punched,"
+        f" {next_id} AS next_id, (SELECT bytes FROM claims WHERE id = ?) AS own_bytes) u"
+        " LEFT JOIN entries e ON e.key = ?"
+        " LEFT JOIN claims c ON c.key = ? AND c.span_start < ? AND c.span_end > ?"
+        " LEFT JOIN owners o ON o.owner_id = c.owner_id",
+        (key, end, start, own, key, key, end, start),
+    )
+
+
 class Index(ABC):
     """The index of one private store. Synchronous: async callers hop to a worker thread.
 
@@ -696,15 +719,19 @@ class Index(ABC):
         makes the answer `busy` (wait for its bytes rather than fetch them twice).
         """
         with self._write() as tx:
-            row = tx.one(_ENTRY_RANGES, (key,))
-            if row is None or file_name not in (None, row["file_name"]):
+            rows = _look(tx, key, start, end)
+            row = rows[0]
+            if row["file_name"] is None or file_name not in (None, row["file_name"]):
                 return Reservation(ranges=Ranges(), stale=True)
             windowed = bool(row["windowed"])
-            return self._reserve(tx, key, _ranges(row), windowed, start, end, owner, capacity)
+            usage = int(row["usage"])
+            return self._reserve(tx, rows, key, _ranges(row), windowed, start, end, owner,
+                                 capacity, usage)  # fmt: skip
 
     def _reserve(
         self,
         tx: Tx,
+        rows: list[Row],
         key: str,
         ranges: Ranges,
         windowed: bool,
@@ -712,30 +739,17 @@ class Index(ABC):
         end: int,
         owner: Owner,
         capacity: int,
+        usage: int,
+        *,
+        freed: int | None = None,
     ) -> Reservation:
+        """Decide on the claim of [start, end) from what `_look` found (`rows`), `usage` being
+        the store's usage now; `freed`: a claim this transaction deletes (not a rival)."""
         needed = (end - start) - ranges.overlap(start, end)
         if needed == 0:
             return Reservation(ranges=ranges, windowed=windowed)
-        # One statement, one round trip: the store's usage, whether the span is being punched,
-        # the claims overlapping it (a row each, or one row of NULLs) and, where an INSERT's
-        # answer is a round trip of its own (PostgreSQL), the id the claim will take: the claim
-        # then goes with the COMMIT, 3 round trips per block instead of 4. A claim not made
-        # leaves a gap in the ids, harmless.
-        next_id = tx.dialect.next_id("claims") or "NULL"
-        rows = tx.all(
-            f"SELECT u.usage, u.punched, u.next_id, c.id, c.owner_id, c.bytes,"
-            f" o.owner_id AS known, o.boot_id, o.pidns, o.pid, o.pid_start,"
-            f" {tx.dialect.fresh('o.expires')} AS fresh"
-            f" FROM (SELECT {_USAGE} AS usage, CASE WHEN EXISTS (SELECT 1 FROM punching"
-            "  WHERE key = ? AND span_start < ? AND span_end > ?) THEN 1 ELSE 0 END AS punched,"
-            f" {next_id} AS next_id) u"
-            " LEFT JOIN claims c ON c.key = ? AND c.span_start < ? AND c.span_end > ?"
-            " LEFT JOIN owners o ON o.owner_id = c.owner_id",
-            (key, end, start, key, end, start),
-        )
-        usage = int(rows[0]["usage"])
         for claim in rows:
-            if claim["id"] is None:
+            if claim["id"] is None or claim["id"] == freed:
                 continue
             if claim["known"] is None or not _judge(claim, owner):
                 tx.write("DELETE FROM claims WHERE id = ?", (claim["id"],))
@@ -779,7 +793,8 @@ class Index(ABC):
         written into an older file must not count for the new one).
         """
         with self._write() as tx:
-            done = self._commit(tx, claim_id, key, start, end, transfer, file_name)
+            row = tx.one(_ENTRY_RANGES, (key,))
+            done = self._commit(tx, row, claim_id, key, start, end, transfer, file_name)
             return Ranges() if done is None else done[0]
 
     def commit_and_reserve(
@@ -800,15 +815,29 @@ class Index(ABC):
         each costs its BEGIN, lock and COMMIT round trips, and the second re-reads the entry
         the first just wrote)."""
         with self._write() as tx:
-            done = self._commit(tx, claim_id, key, start, end, transfer, file_name)
+            # What the claim of the next piece depends on is read along with the entry, before
+            # the commit's writes, in the transaction's first round trip: on PostgreSQL a block
+            # then costs 2 (BEGIN, the lock and this look; the writes, the claim and COMMIT),
+            # not 3. None of the writes touches the next piece's span; the usage they make is
+            # worked out below.
+            rows = _look(tx, key, end, next_end, own=claim_id)
+            row = rows[0]
+            done = self._commit(tx, row, claim_id, key, start, end, transfer, file_name)
             if done is None:
                 return Ranges(), Reservation(ranges=Ranges(), stale=True)
             ranges, windowed = done
-            return ranges, self._reserve(tx, key, ranges, windowed, end, next_end, owner, capacity)
+            # The commit moved the bytes from our claim to the entry: usage loses the claim's
+            # bytes (if it was still there to delete) and gains what became present (the
+            # present_total triggers' sum).
+            usage = int(row["usage"]) - int(row["own_bytes"] or 0)
+            usage += ranges.total - int(row["present"])
+            return ranges, self._reserve(tx, rows, key, ranges, windowed, end, next_end, owner,
+                                         capacity, usage, freed=claim_id)  # fmt: skip
 
     def _commit(
         self,
         tx: Tx,
+        row: Row | None,
         claim_id: int,
         key: str,
         start: int,
@@ -817,14 +846,13 @@ class Index(ABC):
         file_name: str | None,
     ) -> tuple[Ranges, bool] | None:
         """The entry's ranges after the commit and whether it is windowed; None when the entry
-        is stale."""
-        row = tx.one(_ENTRY_RANGES, (key,))
+        is stale. `row`: the entry's `_ENTRY_RANGES` (a row without a `file_name`: none)."""
         tx.write("DELETE FROM claims WHERE id = ?", (claim_id,))
         if transfer is not None:
             tx.write(
                 "UPDATE transfers SET transferred = ? WHERE id = ?", (transfer[1], transfer[0])
             )
-        if row is None or file_name not in (None, row["file_name"]):
+        if row is None or row["file_name"] is None or file_name not in (None, row["file_name"]):
             return None
         ranges = _ranges(row)
         ranges.insert(start, end)
