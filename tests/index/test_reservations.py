@@ -240,24 +240,6 @@ def test_commit_and_reserve_commits_one_span_and_claims_the_next(index: Index, m
     assert claim_rows(index) == [] and index.usage() == 1000
 
 
-def test_commit_and_reserve_can_claim_the_piece_beyond_the_next(index: Index, me: Owner) -> None:
-    # A run holding the claim of the piece after the one it commits claims the one beyond.
-    k = new_entry(index, "k", 1000).key
-    first = claim(index, k, 0, 300, me, 1000)
-    second = claim(index, k, 300, 600, me, 1000)
-    ranges, beyond = index.commit_and_reserve(
-        first, k, 0, 300, None, next_end=900, next_start=600, owner=me, capacity=1000
-    )
-    assert ranges == Ranges([(0, 300)]) and beyond.claim_id is not None
-    assert beyond.usage == 900 == index.usage()
-    assert claim_rows(index) == [(k, 300, 600, 300, me.owner_id), (k, 600, 900, 300, me.owner_id)]
-    # Its own claim of the next piece is no rival, and the room counts both.
-    _, refused = index.commit_and_reserve(
-        second, k, 300, 600, None, next_end=1000, next_start=900, owner=me, capacity=950
-    )
-    assert refused.no_room and refused.usage == 900
-
-
 def test_commit_and_reserve_counts_usage_right_when_its_own_claim_is_gone(
     index: Index, me: Owner
 ) -> None:

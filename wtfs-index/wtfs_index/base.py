@@ -809,21 +809,18 @@ class Index(ABC):
         owner: Owner,
         capacity: int,
         file_name: str | None = None,
-        next_start: int | None = None,
     ) -> tuple[Ranges, Reservation]:
-        """`commit_range` of [start, end), then `reserve` of [next_start, next_end) (`end` by
-        default: the piece after; a run that holds that one already claims the one beyond), in
-        one transaction: a run streaming a file makes one per block rather than two (on
-        PostgreSQL each costs its BEGIN, lock and COMMIT round trips, and the second re-reads
-        the entry the first just wrote)."""
-        claim_start = end if next_start is None else next_start
+        """`commit_range` of [start, end), then `reserve` of [end, next_end), in one
+        transaction: a run streaming a file makes one per block rather than two (on PostgreSQL
+        each costs its BEGIN, lock and COMMIT round trips, and the second re-reads the entry
+        the first just wrote)."""
         with self._write() as tx:
             # What the claim of the next piece depends on is read along with the entry, before
             # the commit's writes, in the transaction's first round trip: on PostgreSQL a block
             # then costs 2 (BEGIN, the lock and this look; the writes, the claim and COMMIT),
             # not 3. None of the writes touches the next piece's span; the usage they make is
             # worked out below.
-            rows = _look(tx, key, claim_start, next_end, own=claim_id)
+            rows = _look(tx, key, end, next_end, own=claim_id)
             row = rows[0]
             done = self._commit(tx, row, claim_id, key, start, end, transfer, file_name)
             if done is None:
@@ -834,8 +831,8 @@ class Index(ABC):
             # present_total triggers' sum).
             usage = int(row["usage"]) - int(row["own_bytes"] or 0)
             usage += ranges.total - int(row["present"])
-            return ranges, self._reserve(tx, rows, key, ranges, windowed, claim_start, next_end,
-                                         owner, capacity, usage, freed=claim_id)  # fmt: skip
+            return ranges, self._reserve(tx, rows, key, ranges, windowed, end, next_end, owner,
+                                         capacity, usage, freed=claim_id)  # fmt: skip
 
     def _commit(
         self,

@@ -1145,19 +1145,11 @@ class _EntryTarget:
         self.manager.stats.fetched(len(data))
 
     async def commit(
-        self,
-        run: Run,
-        claim_id: int,
-        start: int,
-        end: int,
-        *,
-        next_end: int | None = None,
-        next_start: int | None = None,
+        self, run: Run, claim_id: int, start: int, end: int, *, next_end: int | None = None
     ) -> int | None:
         entry = self.entry
         transfer = (self.transfer.id, run.transferred) if self.transfer else None
-        claim_start = end if next_start is None else next_start
-        if next_end is not None and not self._may_claim(run, claim_start, next_end):
+        if next_end is not None and not self._may_claim(run, end, next_end):
             next_end = None
         if next_end is None:
             ranges = await self.manager.index.run_retrying(
@@ -1167,14 +1159,7 @@ class _EntryTarget:
             res = None
         else:
             ranges, res = await self.manager.space.commit_and_reserve(
-                claim_id,
-                entry.ref.key,
-                start,
-                end,
-                transfer,
-                next_end,
-                entry.file_name,
-                next_start,
+                claim_id, entry.ref.key, start, end, transfer, next_end, entry.file_name
             )
         if ranges or not entry.ranges:  # empty: the entry was replaced (stale file)
             entry.learn(ranges)

@@ -5,9 +5,8 @@ see an item through FindMissing/HasRange/WriteAtNoOverwrite): `reserve` a piece 
 it (space in the store, or "stop: present already, or someone else fetches it"), `write` bytes
 at an offset, `commit` a written piece. Pieces are the parts of the span inside one block: a
 block is the unit of reservation, so a claim never covers more than a block. A streaming run
-holds the claim of the piece after the one it writes: it commits a piece while writing the
-next, and claims the one beyond in the same index transaction (`commit(..., next_start=,
-next_end=)`, `BlockSink`); it takes the long way (`reserve`) only when a claim was refused.
+commits a piece and claims the next in one index transaction (`commit(..., next_end=)`), and
+takes the long way (`reserve`) only when that claim was refused.
 
 Readers wait on a run's *progress*, not on whole blocks: `position` is the first byte the run
 has not written yet, and a reader waiting for [a, b) inside the run wakes as soon as
@@ -32,7 +31,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from contextlib import suppress
 from typing import Protocol
 
 import trio
@@ -57,18 +55,10 @@ class RunTarget(Protocol):
     async def write(self, offset: int, data: memoryview) -> None: ...
 
     async def commit(
-        self,
-        run: Run,
-        claim_id: int,
-        start: int,
-        end: int,
-        *,
-        next_end: int | None = None,
-        next_start: int | None = None,
+        self, run: Run, claim_id: int, start: int, end: int, *, next_end: int | None = None
     ) -> int | None:
-        """Record a written piece. With `next_end`, also claim [next_start, next_end) (from
-        `end` by default) in the same index transaction: its claim id, or None (then `reserve`
-        it, which says why not)."""
+        """Record a written piece. With `next_end`, also claim [end, next_end) in the same
+        index transaction: its claim id, or None (then `reserve` it, which says why not)."""
         ...
 
     async def release(self, claim_id: int) -> None:
@@ -163,31 +153,9 @@ class Run:
         await self._done.wait()
 
 
-class _Ahead:
-    """The claim of the piece after the one being written, on its way in a task of its own,
-    with the commit of the piece before (or alone, the first time)."""
-
-    def __init__(self, span: tuple[int, int] | None) -> None:
-        self.span = span
-        self.claim: int | None = None
-        #: why the commit failed: the run's failure
-        self.failure: Exception | None = None
-        self.done = trio.Event()
-
-
 class BlockSink:
     """Receives a run's bytes from the provider: reserves each piece before writing into it,
-    commits it once written, keeps the run's `position` for waiting readers.
-
-    A piece is committed while the next one is written: the run holds the claim of the piece
-    after the one it writes, and each commit claims the piece beyond in its transaction, in a
-    task of its own (`helpers`). The stream no longer waits at each block for the index's
-    round trips (traced on PostgreSQL: 0.004-0.02 ms at 62 of a cold read's 64 block ends,
-    where it waited for the whole commit), which an index on another host makes longer. A
-    run holds two claims at most; without `helpers`, it commits each piece before writing the
-    next. (What an index call still costs a cold read is the worker thread's: the client's
-    Python holds the GIL the stream needs, 0.2-0.3 ms a block on PostgreSQL.)
-    """
+    commits it once written, keeps the run's `position` for waiting readers."""
 
     def __init__(self, run: Run, target: RunTarget, size: int) -> None:
         self.run = run
@@ -196,9 +164,6 @@ class BlockSink:
         self._claim: int | None = None
         self._piece_start = 0
         self._piece_end = 0
-        #: where commits and claims ahead run (set by `execute` while the fetch runs)
-        self.helpers: trio.Nursery | None = None
-        self._ahead: _Ahead | None = None
         #: set once a claim taken beside the request (`claim_beside`) has its answer
         self._first: trio.Event | None = None
         self._first_refused: Exception | None = None
@@ -278,94 +243,32 @@ class BlockSink:
         self._claim = await self.target.reserve(self.run, offset, self._piece_end)
         self.run.claimed_from = offset
 
-    def _span_after(self, offset: int) -> tuple[int, int] | None:
-        """The piece that begins at `offset`, if the run goes on there."""
-        if offset >= min(self.run.end, self.size):
-            return None
-        return offset, self._piece_after(offset)
-
     async def _finish_piece(self, offset: int) -> None:
-        granted = await self._take_ahead()  # first: if the last commit failed, `close` has ours
         claim, self._claim = self._claim, None
         assert claim is not None
-        start, end = self._piece_start, self._piece_end
-        following = self._span_after(offset)
-        if granted is not None and following is None:  # not taken ahead of the run's end
-            raise AssertionError(f"{self.run!r}: a claim ahead past its end")
-        if granted is not None and following is not None:
-            # The next piece is ours already: on with it, while this one is committed.
-            self._piece_start, self._piece_end = following
-            self._claim = granted
-            self._send_ahead(claim, start, end)
-            return
-        next_end = following[1] if following is not None else None
+        next_end = self._piece_after(offset) if offset < min(self.run.end, self.size) else None
         # Shielded: written bytes must never outlive their claim uncounted.
         with trio.CancelScope(shield=True):
-            self._claim = await self.target.commit(self.run, claim, start, end, next_end=next_end)
-        self.run.claimed_from = end
+            self._claim = await self.target.commit(
+                self.run, claim, self._piece_start, self._piece_end, next_end=next_end
+            )
+        self.run.claimed_from = self._piece_end
         if self._claim is not None:
-            assert following is not None
-            self._piece_start, self._piece_end = following
-            self._send_ahead(None, start, end)
-
-    def _send_ahead(self, claim: int | None, start: int, end: int) -> None:
-        """In a task of its own: commit [start, end) under `claim` (if any) and claim the piece
-        after the one now being written."""
-        span = self._span_after(self._piece_end)
-        if self.helpers is None or (claim is None and span is None):
-            assert claim is None  # a claim ahead is granted only by a task in `helpers`
-            return
-        ahead = self._ahead = _Ahead(span)
-        self.helpers.start_soon(self._run_ahead, ahead, claim, start, end)
-
-    async def _run_ahead(self, ahead: _Ahead, claim: int | None, start: int, end: int) -> None:
-        try:
-            if claim is not None:
-                next_start, next_end = ahead.span if ahead.span is not None else (None, None)
-                with trio.CancelScope(shield=True):  # as `_finish_piece`'s commit
-                    ahead.claim = await self.target.commit(
-                        self.run, claim, start, end, next_end=next_end, next_start=next_start
-                    )
-                self.run.claimed_from = end
-            elif ahead.span is not None:
-                with suppress(StopRun, WtfsError):  # the long way (`reserve`) will say why
-                    ahead.claim = await self.target.reserve(self.run, *ahead.span)
-        except Exception as exc:  # the commit's: raised where the run waits for it
-            ahead.failure = exc
-        finally:
-            ahead.done.set()
-
-    async def _take_ahead(self) -> int | None:
-        """The claim the last task ahead took (None: none, or refused), once it is done;
-        raises its commit's failure."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is None:
-            return None
-        if not ahead.done.is_set():  # else on at once: no turn for others before this commit
-            with trio.CancelScope(shield=True):
-                await ahead.done.wait()
-        if ahead.failure is not None:
-            raise ahead.failure
-        return ahead.claim
+            assert next_end is not None
+            self._piece_start, self._piece_end = offset, next_end
 
     async def close(self) -> None:
         """At the end of a run, however it ended: keep what a cut-short piece wrote (valid
-        bytes), free the rest of its claim, and the claim taken ahead."""
+        bytes), free the rest of its claim."""
+        claim, self._claim = self._claim, None
+        if claim is None:
+            return
         with trio.CancelScope(shield=True):
-            try:
-                ahead = await self._take_ahead()
-                if ahead is not None:
-                    await self.target.release(ahead)
-            finally:
-                claim, self._claim = self._claim, None
-                if claim is not None:
-                    if self.run.position > self._piece_start:
-                        await self.target.commit(
-                            self.run, claim, self._piece_start, self.run.position
-                        )
-                    else:
-                        await self.target.release(claim)
-                self.run.claimed_from = self.run.position
+            if self.run.position > self._piece_start:
+                await self.target.commit(self.run, claim, self._piece_start, self.run.position)
+            else:
+                await self.target.release(claim)
+        self.run.claimed_from = self.run.position
 
 
 OnRetry = Callable[[int, WtfsError, float], None]
@@ -385,25 +288,14 @@ async def execute(
     sink = BlockSink(run, target, size)
     error: WtfsError | None = None
     try:
-        outcome: Exception | None = None
         with run.cancel_scope:
-            async with trio.open_nursery() as helpers:
-                sink.helpers = helpers
-                try:
-                    if run.claim_beside:
-                        await _fetch_beside_claim(run, sink, provider, source, policy, on_retry)
-                    else:
-                        await sink.begin(policy.deadline, source.label or "file")
-                        await fetch_with_retry(
-                            provider, source, run.start, run.end, sink, policy,
-                            on_retry=on_retry,
-                        )  # fmt: skip
-                except Exception as exc:  # raised below, once the helpers are done
-                    outcome = exc
-                finally:
-                    sink.helpers = None
-        if outcome is not None:
-            raise outcome
+            if run.claim_beside:
+                await _fetch_beside_claim(run, sink, provider, source, policy, on_retry)
+            else:
+                await sink.begin(policy.deadline, source.label or "file")
+                await fetch_with_retry(
+                    provider, source, run.start, run.end, sink, policy, on_retry=on_retry
+                )
     except StopRun:
         pass
     except WtfsError as exc:
@@ -414,8 +306,6 @@ async def execute(
     finally:
         try:
             await sink.close()
-        except WtfsError as exc:  # the commit of a piece, made while the next was written
-            error = error or exc
         except Exception as exc:
             log.exception("%s: could not settle the claim of %r", source.label, run)
             error = error or TransferFailed(f"{source.label}: {exc!r}")

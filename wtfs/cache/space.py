@@ -185,10 +185,8 @@ class Space:
         transfer: tuple[int, int] | None,
         next_end: int,
         file_name: str,
-        next_start: int | None = None,
     ) -> tuple[Ranges, Reservation]:
-        """Commit [start, end) and claim the read-ahead [next_start, next_end) (`next_start`:
-        `end` by default) in one transaction.
+        """Commit [start, end) and claim the read-ahead [end, next_end) in one transaction.
 
         Only the claim the index grants is taken here: when it answers no room (or the disk
         has none), the caller's `reserve` takes the long way, with the GC, as for any piece.
@@ -196,9 +194,8 @@ class Space:
         ranges, res = await self.index.run_retrying(
             self.index.sync.commit_and_reserve, claim_id, key, start, end, transfer,
             next_end=next_end, owner=self.owner, capacity=self.capacity, file_name=file_name,
-            next_start=next_start,
         )  # fmt: skip
-        res, _ = await self._on_disk(res, end if next_start is None else next_start, next_end)
+        res, _ = await self._on_disk(res, end, next_end)
         return ranges, res
 
     async def _on_disk(self, res: Reservation, start: int, end: int) -> tuple[Reservation, int]:
