@@ -16,6 +16,7 @@ from wtfs_index import Owner
 
 from tests.cache.test_load import ref
 from tests.support.memprovider import MemoryProvider, make_manager
+from wtfs.cache.manager import CacheManager, Handle
 from wtfs.errors import NotFound
 
 MiB = 1024 * 1024
@@ -26,6 +27,15 @@ def _blob(name: str, size: int) -> bytes:
     MemoryProvider.reset()
     blob = MemoryProvider.blobs[f"mem://{name}"] = os.urandom(size)
     return blob
+
+
+async def _release_and_settle(manager: CacheManager, handle: Handle) -> None:
+    """Close `handle`, then wait for its runs to end: a reader is woken before the rest of
+    its chunk is written and committed (wtfs.cache.runs), so they may outlive its close."""
+    runs = list(handle.entry.runs)
+    await manager.release(handle)
+    for run in runs:
+        await run.wait()
 
 
 async def test_a_run_streaming_a_file_makes_one_index_write_per_block(tmp_path: Path) -> None:
@@ -75,10 +85,7 @@ async def test_a_random_read_sends_its_request_while_its_first_piece_is_claimed(
         handle = await manager.open(ref("r", len(blob)))
         offset = 2 * MiB + 12345
         got = bytes(await manager.read(handle, offset, 4096))
-        runs = list(handle.entry.runs)
-        await manager.release(handle)
-        for run in runs:
-            await run.wait()  # the reader had its bytes before the rest of the span was written
+        await _release_and_settle(manager, handle)
         assert index.sync.claims() == []
     assert got == blob[offset : offset + 4096]
     assert requests_at_reserve == [1]
@@ -103,10 +110,7 @@ async def test_a_reader_gets_its_bytes_before_the_rest_of_their_chunk_is_written
         handle = await manager.open(ref("w", len(blob)))
         offset = 2 * MiB + 12345
         got = bytes(await manager.read(handle, offset, 4096))
-        runs = list(handle.entry.runs)
-        await manager.release(handle)
-        for run in runs:
-            await run.wait()  # the rest of the span, written after the reader had its bytes
+        await _release_and_settle(manager, handle)
     assert got == blob[offset : offset + 4096]
     start = offset - offset % 4096
     assert writes[:2] == [

@@ -255,10 +255,11 @@ def test_commit_and_reserve_counts_usage_right_when_its_own_claim_is_gone(
     )
     assert ranges == Ranges([(0, 400), (800, 1000)])
     assert following.claim_id is not None and following.usage == 1000 == index.usage()
-    refused_ranges, refused = index.commit_and_reserve(
+    # The next span is present already: no claim, and nothing counted twice.
+    whole, nothing_missing = index.commit_and_reserve(
         following.claim_id, k, 400, 800, None, next_end=1000, owner=me, capacity=999
     )
-    assert refused_ranges == Ranges([(0, 1000)]) and refused.claim_id is None
+    assert whole == Ranges([(0, 1000)]) and nothing_missing.claim_id is None
     assert claim_rows(index) == [] and index.usage() == 1000
 
 

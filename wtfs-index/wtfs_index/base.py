@@ -237,8 +237,7 @@ def _look(tx: Tx, key: str, start: int, end: int, *, own: int | None = None) -> 
     return tx.all(
         "SELECT e.ranges, e.gen, e.file_name, e.windowed, e.present, u.usage, u.punched,"
         " u.next_id, u.own_bytes, c.id, c.owner_id, c.bytes, o.owner_id AS known, o.boot_id,"
-        " o.pidns,"
-        f" o.pid, o.pid_start, {tx.dialect.fresh('o.expires')} AS fresh"
+        f" o.pidns, o.pid, o.pid_start, {tx.dialect.fresh('o.expires')} AS fresh"
         f" FROM (SELECT {_USAGE} AS usage, CASE WHEN EXISTS (SELECT 1 FROM punching"
         "  WHERE key = ? AND span_start < ? AND span_end > ?) THEN 1 ELSE 0 END AS punched,"
         f" {next_id} AS next_id, (SELECT bytes FROM claims WHERE id = ?) AS own_bytes) u"
