@@ -180,36 +180,64 @@ def _stop(cleanup: Cleanup, mount: Any) -> None:
 # -- 1. cached sequential read -------------------------------------------------------------------
 
 CACHED_BLOCKS = ("1M", "128k")
+#: pairs per run and block size. One 1 GiB read takes ~0.5 s, and on this VM one pair's ratio
+#: swung 0.46-1.67x (16 pairs in a row, same store file), so the median of five pairs moved
+#: 0.43-1.15x between full runs; fifteen pairs, in turns, hold steadier.
+CACHED_PAIRS = 3
 
 
 def _measure_cached(
     ctx: Context, target: Path, store_file: Path, label: str
 ) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float]]:
-    """Per block size and run: dd through wtfs and dd of the store file, the page cache dropped
-    before each; plus one warm re-read (bs=1M) through wtfs per run. MB/s."""
+    """Per block size, `CACHED_PAIRS` pairs per run: dd through wtfs and dd of the store file,
+    the page cache dropped before each, the first of a pair taking turns (a disk that is
+    quicker on the first or the second read favours neither); plus one warm re-read (bs=1M)
+    through wtfs per run. MB/s."""
     ours: dict[str, list[float]] = {bs: [] for bs in CACHED_BLOCKS}
     native: dict[str, list[float]] = {bs: [] for bs in CACHED_BLOCKS}
     warm: list[float] = []
     for r in range(ctx.repeat):
         for bs in CACHED_BLOCKS:
-            drop_caches()
-            nbytes, seconds = dd(target, bs)
-            ours[bs].append(mbps(nbytes, seconds))
-            drop_caches()
-            nbytes, seconds = dd(store_file, bs)
-            native[bs].append(mbps(nbytes, seconds))
-        dd(target)  # through wtfs into the page cache (the last read above was the store file's)
+            for k in range(CACHED_PAIRS):
+                turn = (r * CACHED_PAIRS + k) % 2
+                pair = (store_file, target) if turn else (target, store_file)
+                speeds = {}
+                for path in pair:
+                    drop_caches()
+                    nbytes, seconds = dd(path, bs)
+                    speeds[path] = mbps(nbytes, seconds)
+                ours[bs].append(speeds[target])
+                native[bs].append(speeds[store_file])
+        dd(target)  # through wtfs into the page cache (the last read above may be the store file's)
         nbytes, seconds = dd(target)  # now from the page cache (keep_cache)
         warm.append(mbps(nbytes, seconds))
         log(
             f"cached ({label}) run {r + 1}: "
             + ", ".join(
-                f"bs={bs} wtfs {ours[bs][-1]:.0f} / store file {native[bs][-1]:.0f}"
+                f"bs={bs} wtfs/store file "
+                + " ".join(
+                    f"{o:.0f}/{n:.0f}"
+                    for o, n in zip(
+                        ours[bs][-CACHED_PAIRS:], native[bs][-CACHED_PAIRS:], strict=True
+                    )
+                )
                 for bs in CACHED_BLOCKS
             )
-            + f", warm re-read {warm[-1]:.0f} MB/s"
+            + f" MB/s, warm re-read {warm[-1]:.0f} MB/s"
+        )
+    for bs in CACHED_BLOCKS:
+        ctx.note(
+            f"cached ({label}), bs={bs}: {_pair_spread(ours[bs], native[bs])}, wtfs / store file"
         )
     return ours, native, warm
+
+
+def _pair_spread(ours: list[float], anchor: list[float]) -> str:
+    """'N pairs, per pair from a to b, quartiles q1 and q3': how far one pair's ratio swings,
+    beside the median the row reports."""
+    ratios = sorted(o / a for o, a in zip(ours, anchor, strict=True))
+    return (f"{len(ratios)} pairs, per pair from {ratios[0]:.2f} to {ratios[-1]:.2f}, quartiles "
+            f"{ratios[len(ratios) // 4]:.2f} and {ratios[3 * len(ratios) // 4]:.2f}")  # fmt: skip
 
 
 def _make_contiguous(store_file: Path, source: Path, size: int, tmp: Path) -> tuple[int, int, bool]:
@@ -482,10 +510,8 @@ def cold_index(ctx: Context) -> list[Row]:
         cleanup.close()
         for backend in ("sqlite", "postgres"):
             shutil.rmtree(STORES / f"cold-{backend}", ignore_errors=True)
-    ratios = sorted(p / s for p, s in zip(results["postgres"], results["sqlite"], strict=True))
-    ctx.note(f"cold-index: {len(ratios)} pairs, PostgreSQL / SQLite per pair from "
-             f"{ratios[0]:.2f} to {ratios[-1]:.2f}, quartiles {ratios[len(ratios) // 4]:.2f} "
-             f"and {ratios[3 * len(ratios) // 4]:.2f}")  # fmt: skip
+    ctx.note(f"cold-index: {_pair_spread(results['postgres'], results['sqlite'])}, "
+             "PostgreSQL / SQLite")  # fmt: skip
     return [
         _ratio_row(
             "2e. cold seq read 256 MiB, index on PostgreSQL vs SQLite",
@@ -980,6 +1006,7 @@ def gc(ctx: Context) -> list[Row]:
     base = fresh_dir(WORK / "gc")
     for backend in ("sqlite", "postgres"):
         evict_t: list[float] = []
+        evict_cpu: list[float] = []  # of this process: the pass is its only work meanwhile
         done_t: list[float] = []
         noop_t: list[float] = []
         evicted_n: list[int] = []
@@ -1000,9 +1027,10 @@ def gc(ctx: Context) -> list[Row]:
                 noop_t.append(time.perf_counter() - started)
                 assert not report.evicted
                 policy = GcPolicy(int(usage / 0.95), 0.9, 0.5)
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 report = evict(index, store, policy, me)
                 evict_t.append(time.perf_counter() - started)
+                evict_cpu.append(time.process_time() - cpu)
                 # the evicted bytes still count until `finish`: no fetch may use that room yet
                 # (this check's own time is left out of the figure below)
                 checked = time.perf_counter()
@@ -1029,7 +1057,9 @@ def gc(ctx: Context) -> list[Row]:
             f"gc {backend}: the eviction pass evicted {median(evicted_n):.0f} of {n} entries "
             f"(95 % → 50 % of capacity); its index half (`evict`) took "
             + ", ".join(f"{t:.2f}" for t in evict_t)
-            + " s, its unlinks were done (`unlink` + `finish`) at "
+            + " s (CPU time "
+            + ", ".join(f"{t:.2f}" for t in evict_cpu)
+            + " s), its unlinks were done (`unlink` + `finish`) at "
             + ", ".join(f"{t:.2f}" for t in done_t)
             + " s; the capacity count kept the evicted bytes until `finish` in "
             + f"{sum(kept)} of {len(kept)} runs"
